@@ -1,0 +1,111 @@
+"""Settings: frozen pydantic-settings classes, and the flags that expose them.
+
+Every setting is a command-line flag whose default comes from an environment variable, and the flag's help
+says which (``[env: KAFKA_BOOTSTRAP_SERVERS]``), as bytewax's ``run.py`` does. librdkafka settings are not
+renamed: typed core fields cover the common ones and ``ANOMSTREAM_KAFKA_EXTRA_CONFIG`` (JSON) passes any
+other librdkafka property through unchanged, merged last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
+DEFAULT_REGISTRY_URL = "http://127.0.0.1:8081/apis/ccompat/v7"
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+def env(name: str, default: Any, description: str, **kwargs: Any) -> Any:
+    """A settings field read from the environment variable ``name``."""
+    return Field(default, validation_alias=AliasChoices(name), description=description, **kwargs)
+
+
+class _Settings(BaseSettings):
+    model_config = SettingsConfigDict(frozen=True, extra="ignore", populate_by_name=True)
+
+
+class KafkaSettings(_Settings):
+    """Where the broker and the registry are, and librdkafka pass-through settings."""
+
+    bootstrap_servers: str = env("KAFKA_BOOTSTRAP_SERVERS", DEFAULT_BOOTSTRAP, "Kafka bootstrap servers")
+    schema_registry_url: str = env(
+        "SCHEMA_REGISTRY_URL", DEFAULT_REGISTRY_URL, "Schema Registry URL (Confluent REST API, path included)"
+    )
+    schema_registry_auth: SecretStr | None = env(
+        "SCHEMA_REGISTRY_BASIC_AUTH", None, "Registry basic auth as USER:PASSWORD"
+    )
+    kafka_extra_config: dict[str, str] = env(
+        "ANOMSTREAM_KAFKA_EXTRA_CONFIG", {}, "extra librdkafka properties as JSON, merged last"
+    )
+
+
+class TopicSettings(_Settings):
+    """Topic names (DESIGN.md) and the partition counts the stack creates them with."""
+
+    telemetry_topic: str = env("ANOMSTREAM_TELEMETRY_TOPIC", "telemetry", "telemetry topic")
+    anomaly_topic: str = env("ANOMSTREAM_ANOMALY_TOPIC", "anomalies", "anomaly output topic")
+    dlq_topic: str = env("ANOMSTREAM_DLQ_TOPIC", "telemetry.dlq", "dead-letter topic")
+    models_topic: str = env("ANOMSTREAM_MODELS_TOPIC", "models", "model announcement topic (compacted)")
+    telemetry_partitions: int = env(
+        "ANOMSTREAM_TELEMETRY_PARTITIONS", 6, "partitions of the telemetry and anomaly topics", ge=1
+    )
+
+
+class ModelStoreSettings(_Settings):
+    """Where published models live (a shared volume in Docker)."""
+
+    model_dir: Path = env("ANOMSTREAM_MODEL_DIR", PROJECT_ROOT / "models", "model store folder")
+
+
+def add_settings_arguments(parser: argparse.ArgumentParser, settings_cls: type[BaseSettings]) -> None:
+    """Add one flag per field of ``settings_cls``, defaulting from its environment variable.
+
+    The flag is ``--field-name``; its help ends with ``[env: NAME, default: VALUE]``. Values given on the
+    command line win over the environment, which wins over the field default.
+    """
+    current = settings_cls()
+    title = (settings_cls.__doc__ or settings_cls.__name__).splitlines()[0].rstrip(".")
+    group = parser.add_argument_group(title)
+    for name, field in settings_cls.model_fields.items():
+        env_name = _env_name(field.validation_alias, name)
+        value = getattr(current, name)
+        shown = "***" if isinstance(value, SecretStr) else (json.dumps(value) if isinstance(value, dict) else value)
+        group.add_argument(
+            "--" + name.replace("_", "-"),
+            dest=name,
+            default=None,
+            metavar=env_name if env_name else name.upper(),
+            help=f"{field.description} [env: {env_name}, default: {shown}]",
+        )
+
+
+def settings_from_args(settings_cls: type[S], args: argparse.Namespace) -> S:
+    """Build ``settings_cls`` from parsed flags; fields whose flag was not given come from the environment."""
+    given: dict[str, Any] = {}
+    for name in settings_cls.model_fields:
+        raw = getattr(args, name, None)
+        if raw is None:
+            continue
+        annotation = str(settings_cls.model_fields[name].annotation)
+        given[name] = json.loads(raw) if annotation.startswith("dict") and isinstance(raw, str) else raw
+    return settings_cls(**given)
+
+
+def _env_name(alias: object, field_name: str) -> str:
+    if isinstance(alias, AliasChoices):
+        first = alias.choices[0]
+        return first if isinstance(first, str) else field_name.upper()
+    return str(alias) if alias else field_name.upper()
+
+
+def masked(settings: BaseSettings) -> dict[str, Any]:
+    """The settings as a dict safe to log (secrets stay masked by ``SecretStr``)."""
+    return {k: (str(v) if isinstance(v, SecretStr | Path) else v) for k, v in settings.model_dump().items()}
