@@ -16,15 +16,13 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import numpy as np
 
 from anomstream.errors import BadRowError, SourceError
+from anomstream.synthetic import FleetSpec, iter_fleet
 from anomstream.telemetry import NO_LABEL, TelemetryBatch
-
-if TYPE_CHECKING:
-    from anomstream.synthetic import FleetSpec
 
 log = logging.getLogger(__name__)
 
@@ -214,8 +212,6 @@ def iter_source(
     """
     kind, _, location = spec.partition(":")
     if kind == "synthetic":
-        from anomstream.synthetic import FleetSpec, iter_fleet
-
         yield from iter_fleet(fleet or FleetSpec(), chunk_rows=chunk_rows)
         return
     tally = bad_rows if bad_rows is not None else BadRows()
