@@ -1,0 +1,377 @@
+"""Feature building: one code path for training and scoring (no train/serve skew).
+
+A ``FeatureSpec`` says which features a model uses; a ``FeaturePipeline`` holds the statistics fitted on the
+training rows and turns any ``TelemetryBatch`` into a feature array:
+
+- the reading itself, standardised with the training mean and spread of each channel (a missing value is
+  replaced by the trailing mean of its channel, or by the training mean when no recent value exists);
+- optionally rolling statistics per device over the last ``rolling`` readings (trailing mean and spread);
+- optionally a final standardisation of every feature with its training mean and spread;
+- optionally sliding windows of ``window`` consecutive feature rows per device, ``(n, W, F)``, for sequence
+  models.
+
+Every feature is causal: it depends on the reading and on at most ``context`` previous readings of the same
+device. A device's first readings use what exists (partial rolling windows, sliding windows padded with the
+first row). A streaming scorer that keeps the last ``context`` readings of each device, prepends them to a
+batch and drops them after, therefore gets exactly (bit for bit) the features that an offline pass over
+the whole sequence computes: trailing sums are accumulated in the same order whatever the batch boundaries,
+instead of by differences of cumulative sums, whose rounding would depend on where a batch starts.
+
+Rows of many devices may be interleaved; each device's rows must be in ``seq`` order. Grouping is
+vectorised (hash factorisation + stable argsort); there is no Python loop over records.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import asdict, dataclass
+from typing import Any, Self
+
+import numpy as np
+import pandas as pd
+
+from anomstream.errors import ModelError
+from anomstream.telemetry import TelemetryBatch
+
+logger = logging.getLogger(__name__)
+
+ROLLING_STATS = ("mean", "std")
+_MIN_SCALE = 1e-6  # a channel that never moved in training gets this spread floor, relative to its level
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """Which features a model is built on.
+
+    Attributes:
+        channels: raw channel names, in the order the features use them.
+        standardise: standardise features with the mean and spread of the training rows.
+        raw: include each (standardised) reading itself.
+        rolling: trailing readings per device for rolling statistics; 0 for none.
+        rolling_stats: which rolling statistics, out of ``"mean"`` and ``"std"``.
+        window: consecutive feature rows per device in one sample, for sequence models; 1 for point features.
+    """
+
+    channels: tuple[str, ...]
+    standardise: bool = True
+    raw: bool = True
+    rolling: int = 0
+    rolling_stats: tuple[str, ...] = ROLLING_STATS
+    window: int = 1
+
+    def __post_init__(self) -> None:
+        if not self.channels:
+            raise ModelError("FeatureSpec needs at least one channel")
+        if self.rolling < 0 or self.window < 1:
+            raise ModelError(f"FeatureSpec rolling={self.rolling} must be >= 0 and window={self.window} >= 1")
+        unknown = set(self.rolling_stats) - set(ROLLING_STATS)
+        if unknown:
+            raise ModelError(f"FeatureSpec rolling_stats {sorted(unknown)} unknown; use {ROLLING_STATS}")
+        if not self.raw and not (self.rolling and self.rolling_stats):
+            raise ModelError("FeatureSpec builds no feature: set raw=True or rolling > 0 with rolling_stats")
+
+    @property
+    def context(self) -> int:
+        """Previous readings of the same device that a reading's features depend on."""
+        return max(self.rolling - 1, 0) + self.window - 1
+
+    @property
+    def blocks(self) -> tuple[str, ...]:
+        """Feature blocks in output order, each one feature per channel."""
+        rolling = tuple(f"rolling_{s}" for s in ROLLING_STATS if self.rolling and s in self.rolling_stats)
+        return (("raw",) if self.raw else ()) + rolling
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        """One name per feature, ``"<block>:<channel>"``."""
+        return tuple(f"{block}:{channel}" for block in self.blocks for channel in self.channels)
+
+    @property
+    def feature_channel(self) -> np.ndarray:
+        """``(F,)`` index of the raw channel each feature is built from."""
+        return np.tile(np.arange(len(self.channels)), len(self.blocks))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form."""
+        d = asdict(self)
+        d["channels"], d["rolling_stats"] = list(self.channels), list(self.rolling_stats)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FeatureSpec:
+        """Inverse of ``to_dict``."""
+        return cls(
+            channels=tuple(d["channels"]),
+            standardise=bool(d.get("standardise", True)),
+            raw=bool(d.get("raw", True)),
+            rolling=int(d.get("rolling", 0)),
+            rolling_stats=tuple(d.get("rolling_stats", ROLLING_STATS)),
+            window=int(d.get("window", 1)),
+        )
+
+
+@dataclass(frozen=True)
+class _Scaling:
+    """Centre and spread of the raw channels (C,) and of the point features (F,)."""
+
+    raw_center: np.ndarray
+    raw_scale: np.ndarray
+    feature_center: np.ndarray
+    feature_scale: np.ndarray
+
+    def to_dict(self) -> dict[str, list[float]]:
+        return {k: [float(v) for v in getattr(self, k)] for k in self.__dataclass_fields__}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, list[float]]) -> _Scaling:
+        return cls(**{k: np.asarray(d[k], dtype=np.float64) for k in cls.__dataclass_fields__})
+
+
+class FeaturePipeline:
+    """Fitted feature statistics plus the transform that uses them.
+
+    With ``per_device=True`` at fit time every training device gets its own standardisation (so a device's
+    features, and a per-device detector fitted on them, depend only on that device's training rows); devices
+    not seen in training use the statistics of all training rows.
+    """
+
+    def __init__(self, spec: FeatureSpec) -> None:
+        self.spec = spec
+        self._global: _Scaling | None = None
+        self._devices: dict[str, _Scaling] = {}
+
+    @property
+    def context(self) -> int:
+        """Previous readings of the same device a reading's features depend on."""
+        return self.spec.context
+
+    @property
+    def feature_channel(self) -> np.ndarray:
+        """``(F,)`` raw channel index of each feature."""
+        return self.spec.feature_channel
+
+    @property
+    def n_features(self) -> int:
+        """Features per reading, ``F``."""
+        return len(self.spec.feature_names)
+
+    @property
+    def devices(self) -> tuple[str, ...]:
+        """Devices with their own standardisation."""
+        return tuple(self._devices)
+
+    def fit(self, batch: TelemetryBatch, per_device: bool = False) -> Self:
+        """Fit the standardisation on training rows (global, and per device when asked)."""
+        values = self._channel_values(batch)
+        if len(batch) == 0:
+            raise ModelError("cannot fit features on an empty batch: give the trainer some training rows")
+        self._global = self._fit_scaling(batch, values)
+        self._devices = {}
+        if per_device:
+            codes, uniques = pd.factorize(batch.device_id)
+            for code, device in enumerate(uniques):
+                rows = np.flatnonzero(codes == code)
+                self._devices[str(device)] = self._fit_scaling(batch.take(rows), values[rows])
+        return self
+
+    def transform(self, batch: TelemetryBatch) -> np.ndarray:
+        """Features of every row, ``(n, F)``, or ``(n, W, F)`` when ``spec.window > 1``; float64."""
+        if self._global is None:
+            raise ModelError("FeaturePipeline.transform before fit: fit or load the pipeline first")
+        values = self._channel_values(batch)
+        order, pos, table_row = _group_rows(batch.device_id, self._devices)
+        tables = [self._global, *self._devices.values()]
+        sorted_values = values[order]
+        row_table = table_row[order]
+        points = self._point_features(sorted_values, pos, tables, row_table, final=True)
+        if self.spec.window > 1:
+            points = _sliding_windows(points, pos, self.spec.window)
+        features = np.empty_like(points)
+        features[order] = points
+        return features
+
+    def fit_transform(self, batch: TelemetryBatch, per_device: bool = False) -> np.ndarray:
+        """``fit`` then ``transform`` on the same rows."""
+        return self.fit(batch, per_device=per_device).transform(batch)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable state: the spec and the fitted statistics."""
+        if self._global is None:
+            raise ModelError("cannot save an unfitted FeaturePipeline")
+        return {
+            "spec": self.spec.to_dict(),
+            "global": self._global.to_dict(),
+            "devices": {device: s.to_dict() for device, s in self._devices.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FeaturePipeline:
+        """Inverse of ``to_dict``."""
+        pipeline = cls(FeatureSpec.from_dict(d["spec"]))
+        pipeline._global = _Scaling.from_dict(d["global"])
+        pipeline._devices = {device: _Scaling.from_dict(s) for device, s in d["devices"].items()}
+        return pipeline
+
+    def _channel_values(self, batch: TelemetryBatch) -> np.ndarray:
+        try:
+            columns = [batch.channels.index(c) for c in self.spec.channels]
+        except ValueError as exc:
+            raise ModelError(
+                f"batch channels {batch.channels} lack one of the model's channels {self.spec.channels}"
+            ) from exc
+        return np.asarray(batch.values[:, columns], dtype=np.float64)
+
+    def _fit_scaling(self, batch: TelemetryBatch, values: np.ndarray) -> _Scaling:
+        """Statistics of one set of training rows (all devices, or one device)."""
+        n_channels = values.shape[1]
+        if self.spec.standardise:
+            raw_center, raw_scale = _center_scale(values)
+        else:
+            raw_center, raw_scale = np.zeros(n_channels), np.ones(n_channels)
+        n_features = self.n_features
+        identity = _Scaling(raw_center, raw_scale, np.zeros(n_features), np.ones(n_features))
+        if not self.spec.standardise:
+            return identity
+        order, pos, table_row = _group_rows(batch.device_id, {})
+        points = self._point_features(values[order], pos, [identity], table_row[order], final=False)
+        feature_center, feature_scale = _center_scale(points)
+        return _Scaling(raw_center, raw_scale, feature_center, feature_scale)
+
+    def _point_features(
+        self,
+        values: np.ndarray,
+        pos: np.ndarray,
+        tables: list[_Scaling],
+        row_table: np.ndarray,
+        final: bool,
+    ) -> np.ndarray:
+        """Point features of device-grouped rows, ``(n, F)``."""
+        n, n_channels = values.shape
+        z = values - _per_row(tables, "raw_center", row_table)
+        z /= _per_row(tables, "raw_scale", row_table)
+        missing = np.isnan(z)
+        any_missing = bool(missing.any())
+        points = np.empty((n, self.n_features))
+        blocks = {block: points[:, i * n_channels : (i + 1) * n_channels] for i, block in enumerate(self.spec.blocks)}
+        if self.spec.rolling:
+            mean, std = _trailing_mean_std(z, missing if any_missing else None, pos, self.spec.rolling)
+            if any_missing:
+                # A missing reading takes the trailing mean of its channel (0 = the training mean if none).
+                np.copyto(z, mean, where=missing)
+            if "rolling_mean" in blocks:
+                blocks["rolling_mean"][:] = mean
+            if "rolling_std" in blocks:
+                blocks["rolling_std"][:] = std
+        elif any_missing:
+            z[missing] = 0.0
+        if "raw" in blocks:
+            blocks["raw"][:] = z
+        if final:
+            points -= _per_row(tables, "feature_center", row_table)
+            points /= _per_row(tables, "feature_scale", row_table)
+        return points
+
+
+def _per_row(tables: list[_Scaling], name: str, row_table: np.ndarray) -> np.ndarray:
+    """A statistic for every row: ``(C,)`` broadcastable when one table serves all rows, else ``(n, C)``."""
+    if len(tables) == 1:
+        return np.asarray(getattr(tables[0], name))
+    return np.stack([getattr(t, name) for t in tables])[row_table]
+
+
+def _center_scale(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Column mean and standard deviation ignoring NaN; a flat column gets a small positive spread."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=RuntimeWarning)  # all-NaN columns are handled below
+        center = np.nanmean(values, axis=0)
+        scale = np.nanstd(values, axis=0)
+    center = np.where(np.isfinite(center), center, 0.0)
+    floor = _MIN_SCALE * np.maximum(np.abs(center), 1.0)
+    scale = np.where(np.isfinite(scale) & (scale > floor), scale, floor)
+    return center, scale
+
+
+def _group_rows(device_id: np.ndarray, devices: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Group rows by device, keeping each device's rows in their given order.
+
+    Returns:
+        order: ``(n,)`` permutation putting each device's rows together (stable).
+        pos: ``(n,)`` position of each grouped row within its device's rows (0 for the first).
+        table_row: ``(n,)`` per original row, 1 + index of its device in ``devices``, or 0 (global) if absent.
+    """
+    n = len(device_id)
+    codes, uniques = pd.factorize(device_id)
+    order = np.argsort(codes, kind="stable")
+    grouped = codes[order]
+    starts = np.flatnonzero(np.r_[True, grouped[1:] != grouped[:-1]]) if n else np.zeros(0, dtype=np.int64)
+    lengths = np.diff(np.r_[starts, n])
+    pos = np.arange(n) - np.repeat(starts, lengths)
+    known = {device: i + 1 for i, device in enumerate(devices)}
+    unique_table = np.array([known.get(str(d), 0) for d in uniques], dtype=np.int64)
+    table_row = unique_table[codes] if n else np.zeros(0, dtype=np.int64)
+    return order, pos, table_row
+
+
+def _trailing_sum(values: np.ndarray, pos: np.ndarray, length: int) -> np.ndarray:
+    """Sum of each row and its ``length - 1`` predecessors of the same device (fewer at a device's start).
+
+    A row's terms are always added in the same order, fixed by ``length`` alone, so its sum does not depend
+    on how far back the array starts as long as the array holds the row's own window: this is what makes
+    batch boundaries invisible (differences of cumulative sums would round differently per batch start).
+    Complete windows are summed by doubling (blocks of 1, 2, 4, ... rows), ``O(log length)`` passes.
+    """
+    n = len(values)
+    total = values.copy()
+    if length > 1 and n >= length:
+        total[length - 1 :] = 0.0
+        block, size, offset = values, 1, 0
+        while size <= length:
+            if length & size:
+                # Block of `size` rows ending `offset` rows before the row (valid for rows >= length - 1).
+                total[length - 1 :] += block[length - 1 - offset : n - offset]
+                offset += size
+            if 2 * size > length:
+                break
+            doubled = block.copy()
+            doubled[size:] += block[: n - size]
+            block, size = doubled, 2 * size
+    # Warm-up rows (fewer than `length` readings so far): added newest first, masked at the device's start.
+    warm = np.flatnonzero(pos < length - 1)
+    if len(warm):
+        warm_total = values[warm].copy()
+        for k in range(1, length):
+            valid = (pos[warm] >= k)[:, None]
+            warm_total += values[np.maximum(warm - k, 0)] * valid
+        total[warm] = warm_total
+    return total
+
+
+def _trailing_mean_std(
+    z: np.ndarray, missing: np.ndarray | None, pos: np.ndarray, length: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Trailing mean and standard deviation per device over the last ``length`` available readings.
+
+    ``missing`` marks NaN entries of ``z`` (None when there are none), which are left out of both.
+    """
+    z0 = z if missing is None else np.where(missing, 0.0, z)
+    mean = _trailing_sum(z0, pos, length)
+    variance = _trailing_sum(z0 * z0, pos, length)
+    if missing is None:
+        counts = np.minimum(pos + 1, length).astype(np.float64)[:, None]
+    else:
+        counts = _trailing_sum((~missing).astype(np.float64), pos, length)
+        np.maximum(counts, 1.0, out=counts)  # no reading in the window: sums are 0, and so are the statistics
+    mean /= counts
+    variance /= counts
+    variance -= mean * mean
+    np.maximum(variance, 0.0, out=variance)  # rounding can leave a flat window slightly negative
+    return mean, np.sqrt(variance, out=variance)
+
+
+def _sliding_windows(points: np.ndarray, pos: np.ndarray, window: int) -> np.ndarray:
+    """``(n, W, F)``: each row's feature rows ``t-W+1 .. t`` of its device, padded with the first row."""
+    n = len(points)
+    back = np.arange(window - 1, -1, -1)
+    source = np.arange(n)[:, None] - np.minimum(back[None, :], pos[:, None])
+    return points[source]
