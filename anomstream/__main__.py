@@ -1,0 +1,7 @@
+"""``python -m anomstream`` runs the command-line interface."""
+
+import sys
+
+from anomstream.cli import main
+
+sys.exit(main())
