@@ -1,0 +1,193 @@
+"""PCA monitoring with Hotelling's T² and the residual Q (SPE) statistic: the classic industrial baseline.
+
+A principal component model of normal operation splits each feature row ``x`` (centred with the training
+mean) into a part inside the ``k``-dimensional principal subspace and a residual ``e``:
+
+- ``T² = sum_a t_a² / lambda_a`` (Hotelling): how unusual the row is *within* normal variation;
+- ``Q = |e|²`` (squared prediction error): how far the row leaves the normal correlation structure.
+
+The score is the combined index of Yue & Qin (2001), ``T² / T²_lim + Q / Q_lim``, with ``T²_lim`` the
+chi-square ``alpha`` quantile with ``k`` degrees of freedom and ``Q_lim`` the Jackson–Mudholkar (1979)
+limit from the residual eigenvalues: each statistic counts in units of its own control limit, so a row at
+either limit scores about 1. ``k`` is the fewest components explaining ``variance`` of the training
+variance. Every eigenvalue is floored at ``eigen_floor`` times the largest, so that directions in which the
+short training period happened not to move (a sensor that stayed flat) do not make the limits vanish.
+
+Contributions split both statistics per feature: ``Q`` into the squared residuals ``e_j²``, and ``T²`` by
+its symmetric square root, ``T² = |M^{1/2} x|²`` with ``M = P Λ⁻¹ Pᵀ``, into ``(M^{1/2} x)_j²``; each
+part is divided by its limit, so the contributions are non-negative and sum to the score.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Self
+
+import numpy as np
+from scipy import stats
+
+from anomstream.detectors.base import Detector
+from anomstream.errors import ModelError, ModelIntegrityError
+
+logger = logging.getLogger(__name__)
+
+ARRAYS_FILE = "pca.npz"
+PARAMS_FILE = "pca.json"
+_ARRAYS = ("mean", "components", "eigenvalues")
+
+
+class PCADetector(Detector):
+    """PCA with Hotelling T² and Q (SPE) statistics, combined in units of their control limits.
+
+    Args:
+        variance: fraction of the training variance the principal subspace keeps (sets ``k``).
+        alpha: confidence level of the control limits.
+        eigen_floor: smallest eigenvalue, relative to the largest.
+    """
+
+    name = "pca"
+
+    def __init__(self, variance: float = 0.9, alpha: float = 0.99, eigen_floor: float = 1e-3) -> None:
+        if not 0.0 < variance <= 1.0 or not 0.0 < alpha < 1.0 or not 0.0 < eigen_floor < 1.0:
+            raise ModelError(
+                f"pca needs 0 < variance <= 1, 0 < alpha < 1 and 0 < eigen_floor < 1; got variance={variance}, "
+                f"alpha={alpha}, eigen_floor={eigen_floor}"
+            )
+        self.variance = variance
+        self.alpha = alpha
+        self.eigen_floor = eigen_floor
+        self.threshold_ = float("nan")
+        self.mean_ = np.zeros(0)
+        self.components_ = np.zeros((0, 0))  # (F, F) eigenvectors as columns, by decreasing eigenvalue
+        self.eigenvalues_ = np.zeros(0)
+        self.n_components_ = 0
+        self.t2_limit_ = float("nan")
+        self.q_limit_ = float("nan")
+
+    def fit(self, X: np.ndarray, seed: int = 0) -> Self:
+        """Fit the principal subspace and the control limits (deterministic; ``seed`` is unused)."""
+        rows = _as_rows(X)
+        if len(rows) < 2:
+            raise ModelError(f"pca needs at least 2 training rows, got {len(rows)}")
+        self.mean_ = rows.mean(axis=0)
+        centred = rows - self.mean_
+        _, singular, vt = np.linalg.svd(centred, full_matrices=True)
+        eigenvalues = np.zeros(rows.shape[1])
+        eigenvalues[: len(singular)] = singular**2 / (len(rows) - 1)
+        top = max(float(eigenvalues[0]), 1e-12)
+        self.eigenvalues_ = np.maximum(eigenvalues, self.eigen_floor * top)
+        self.components_ = vt.T
+        explained = np.cumsum(eigenvalues) / max(float(eigenvalues.sum()), 1e-300)
+        self.n_components_ = int(min(np.searchsorted(explained, self.variance - 1e-12) + 1, rows.shape[1]))
+        self._set_limits()
+        return self
+
+    def score(self, X: np.ndarray) -> np.ndarray:
+        """Combined index ``T²/T²_lim + Q/Q_lim`` per row."""
+        t2, q = self.statistics(X)
+        return t2 / self.t2_limit_ + q / self.q_limit_
+
+    def statistics(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Hotelling ``T²`` and ``Q`` (SPE) per row."""
+        scores, residual = self._project(X)
+        t2 = (scores**2 / self.eigenvalues_[: self.n_components_]).sum(axis=1)
+        return t2, (residual**2).sum(axis=1)
+
+    def contributions(self, X: np.ndarray) -> np.ndarray:
+        """Per-feature parts of the combined index (non-negative, summing to the score), ``(n, F)``."""
+        scores, residual = self._project(X)
+        k = self.n_components_
+        # M^{1/2} x = P Λ^{-1/2} Pᵀ x = P (t / sqrt(λ)).
+        t2_root = (scores / np.sqrt(self.eigenvalues_[:k])) @ self.components_[:, :k].T
+        parts = t2_root**2 / self.t2_limit_ + residual**2 / self.q_limit_
+        if np.ndim(X) == 3:
+            parts = parts.reshape(np.shape(X)).sum(axis=1)
+        return parts
+
+    def params(self) -> dict[str, Any]:
+        """Hyper-parameters."""
+        return {"variance": self.variance, "alpha": self.alpha, "eigen_floor": self.eigen_floor}
+
+    def save(self, directory: Path) -> list[str]:
+        """Write ``pca.npz`` (mean, eigenvectors, eigenvalues) and ``pca.json`` (parameters, limits)."""
+        if not self.n_components_:
+            raise ModelError("cannot save an unfitted pca detector: call fit first")
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        with open(directory / ARRAYS_FILE, "wb") as fh:
+            np.savez(fh, mean=self.mean_, components=self.components_, eigenvalues=self.eigenvalues_)
+        state = {
+            "detector": self.name,
+            "params": self.params(),
+            "n_components": self.n_components_,
+            "threshold": None if np.isnan(self.threshold_) else self.threshold_,
+        }
+        (directory / PARAMS_FILE).write_text(json.dumps(state, indent=2))
+        return [ARRAYS_FILE, PARAMS_FILE]
+
+    @classmethod
+    def load(cls, directory: Path, device: str = "cpu") -> Self:
+        """Read a detector written by ``save`` (numpy on the CPU whatever ``device`` says: it is cheap)."""
+        directory = Path(directory)
+        try:
+            state = json.loads((directory / PARAMS_FILE).read_text())
+            with np.load(directory / ARRAYS_FILE, allow_pickle=False) as npz:
+                arrays = {name: np.asarray(npz[name], dtype=np.float64) for name in _ARRAYS}
+        except (OSError, ValueError, KeyError) as exc:
+            raise ModelIntegrityError(f"cannot read pca detector from {directory}: {exc}") from exc
+        n_features = len(arrays["mean"])
+        k = int(state["n_components"])
+        if arrays["components"].shape != (n_features, n_features) or len(arrays["eigenvalues"]) != n_features:
+            raise ModelIntegrityError(f"pca arrays in {directory} disagree in shape: artifact damaged")
+        if not 1 <= k <= n_features or not (arrays["eigenvalues"] > 0).all():
+            raise ModelIntegrityError(f"pca state in {directory} is inconsistent: artifact damaged")
+        detector = cls(**state["params"])
+        detector.mean_, detector.components_, detector.eigenvalues_ = (arrays[name] for name in _ARRAYS)
+        detector.n_components_ = k
+        detector.threshold_ = float("nan") if state.get("threshold") is None else float(state["threshold"])
+        detector._set_limits()
+        return detector
+
+    def _set_limits(self) -> None:
+        """Control limits for T² (chi-square) and Q (Jackson–Mudholkar) at confidence ``alpha``."""
+        k = self.n_components_
+        self.t2_limit_ = float(stats.chi2.ppf(self.alpha, k))
+        residual = self.eigenvalues_[k:]
+        if not len(residual):
+            # All components kept: Q is rounding noise; any positive limit keeps the index finite.
+            self.q_limit_ = float(self.eigen_floor * self.eigenvalues_[0])
+            return
+        theta1, theta2, theta3 = (float((residual**p).sum()) for p in (1, 2, 3))
+        h0 = 1.0 - 2.0 * theta1 * theta3 / (3.0 * theta2**2)
+        z = float(stats.norm.ppf(self.alpha))
+        if h0 <= 0.0:
+            # The approximation needs h0 > 0; fall back to the Box (1954) scaled chi-square limit.
+            g, dof = theta2 / theta1, theta1**2 / theta2
+            self.q_limit_ = float(g * stats.chi2.ppf(self.alpha, dof))
+            return
+        term = z * np.sqrt(2.0 * theta2 * h0**2) / theta1 + 1.0 + theta2 * h0 * (h0 - 1.0) / theta1**2
+        self.q_limit_ = float(theta1 * term ** (1.0 / h0))
+
+    def _project(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Principal scores ``(n, k)`` and residuals ``(n, F)`` of each row."""
+        if not self.n_components_:
+            raise ModelError("pca detector is not fitted: call fit or load first")
+        rows = _as_rows(X)
+        if rows.shape[1] != len(self.mean_):
+            raise ModelError(f"pca expects {len(self.mean_)} features, got {rows.shape[1]}")
+        centred = rows - self.mean_
+        loadings = self.components_[:, : self.n_components_]
+        scores = centred @ loadings
+        return scores, centred - scores @ loadings.T
+
+
+def _as_rows(X: np.ndarray) -> np.ndarray:
+    """``(n, F)`` float64 rows; windows ``(n, W, F)`` are flattened."""
+    X = np.asarray(X, dtype=np.float64)
+    if X.ndim == 3:
+        return X.reshape(len(X), -1)
+    if X.ndim != 2:
+        raise ModelError(f"pca expects (n, F) or (n, W, F) features, got shape {X.shape}")
+    return X
