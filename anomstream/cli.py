@@ -17,6 +17,7 @@ from anomstream import __version__
 # command -> (module defining it, one-line help shown by `anomstream --help`)
 COMMANDS: dict[str, tuple[str, str]] = {
     "stack": ("anomstream.stack.cli", "install, start and stop the local Kafka broker and Schema Registry"),
+    "produce": ("producer.cli", "send a data set or a synthetic fleet to the telemetry topic"),
 }
 
 
