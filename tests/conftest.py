@@ -1,0 +1,105 @@
+"""Shared fixtures: the real local stack (started once per test session) and fresh topics per test."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from anomstream.config import KafkaSettings, TopicSettings
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
+
+
+@dataclass(frozen=True)
+class Stack:
+    """The running broker and registry, as clients see them."""
+
+    bootstrap_servers: str
+    registry_url: str
+
+    @property
+    def kafka_settings(self) -> KafkaSettings:
+        return KafkaSettings(bootstrap_servers=self.bootstrap_servers, schema_registry_url=self.registry_url)
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """The environment for a subprocess (an `anomstream` command) that talks to this stack."""
+        return os.environ | {
+            "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap_servers,
+            "SCHEMA_REGISTRY_URL": self.registry_url,
+        } | extra
+
+
+def anomstream(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run the `anomstream` command as a user would; raises on timeout, returns the completed process."""
+    return subprocess.run(
+        [sys.executable, "-m", "anomstream", *args], capture_output=True, text=True, env=env, timeout=timeout
+    )
+
+
+@pytest.fixture(scope="session")
+def stack() -> Stack:
+    """The local stack: uses the running one or starts it (`anomstream stack up` is idempotent)."""
+    result = anomstream("stack", "up", timeout=600)
+    if result.returncode != 0:
+        pytest.fail(f"anomstream stack up failed:\n{result.stdout}\n{result.stderr}")
+    exports = dict(re.findall(r"export (\w+)=(\S+)", anomstream("stack", "env").stdout))
+    return Stack(exports["KAFKA_BOOTSTRAP_SERVERS"], exports["SCHEMA_REGISTRY_URL"])
+
+
+def _fresh_name(request: pytest.FixtureRequest, suffix: str = "") -> str:
+    test_name = re.sub(r"[^A-Za-z0-9_]", "_", request.node.name)[:60]
+    return f"pytest_{test_name}_{uuid.uuid4().hex[:8]}{suffix}"
+
+
+@pytest.fixture
+def topic(stack: Stack, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh 6-partition topic `pytest_{name}_{uuid}`, deleted after the test."""
+    from confluent_kafka.admin import NewTopic
+
+    from anomstream.topics import delete_topics, ensure_topics
+
+    name = _fresh_name(request)
+    ensure_topics(stack.kafka_settings, [NewTopic(name, 6, 1)])
+    yield name
+    delete_topics(stack.kafka_settings, [name])
+
+
+@pytest.fixture
+def topics(stack: Stack, request: pytest.FixtureRequest) -> Iterator[TopicSettings]:
+    """A fresh set of the system's four topics (telemetry, anomalies, dlq, models), deleted afterwards."""
+    from anomstream.topics import delete_topics, ensure_topics, system_topics
+
+    base = _fresh_name(request)
+    settings = TopicSettings(
+        telemetry_topic=f"{base}_telemetry",
+        anomaly_topic=f"{base}_anomalies",
+        dlq_topic=f"{base}_dlq",
+        models_topic=f"{base}_models",
+    )
+    ensure_topics(stack.kafka_settings, system_topics(settings))
+    yield settings
+    delete_topics(
+        stack.kafka_settings,
+        [settings.telemetry_topic, settings.anomaly_topic, settings.dlq_topic, settings.models_topic],
+    )
+
+
+@pytest.fixture
+def topic_env(stack: Stack, topics: TopicSettings, tmp_path: Path) -> dict[str, str]:
+    """Environment for `anomstream` subprocesses: this stack, these fresh topics, a fresh model store."""
+    return stack.env(
+        ANOMSTREAM_TELEMETRY_TOPIC=topics.telemetry_topic,
+        ANOMSTREAM_ANOMALY_TOPIC=topics.anomaly_topic,
+        ANOMSTREAM_DLQ_TOPIC=topics.dlq_topic,
+        ANOMSTREAM_MODELS_TOPIC=topics.models_topic,
+        ANOMSTREAM_MODEL_DIR=str(tmp_path / "models"),
+    )
