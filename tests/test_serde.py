@@ -15,7 +15,6 @@ import fastavro
 import numpy as np
 import pytest
 from confluent_kafka import Consumer, Producer
-from confluent_kafka.admin import AdminClient, NewTopic
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
@@ -190,42 +189,38 @@ V2_FIELD = {"name": "site", "type": ["null", "string"], "default": None, "doc": 
 
 
 def test_evolution_new_field_and_channel_read_with_old_reader(
-    stack: Any, registry: SchemaRegistryClient, subject_topic: str
+    stack: Any, registry: SchemaRegistryClient, topic: str
 ) -> None:
     """A v2 writer (a new optional field, a record with an extra channel) through a real topic."""
-    admin = AdminClient({"bootstrap.servers": stack.bootstrap_servers})
-    admin.create_topics([NewTopic(subject_topic, 1, 1)])[subject_topic].result(30)
-    try:
-        v1_id = TelemetryEncoder(registry, subject_topic).schema_id
-        v1 = json.loads(load_schema("telemetry"))
-        v2 = {**v1, "fields": [*v1["fields"], V2_FIELD]}
-        v2_id = register_schema(registry, f"{subject_topic}-value", json.dumps(v2))  # refused if incompatible
-        assert v2_id != v1_id
+    subject_topic = topic
+    v1_id = TelemetryEncoder(registry, subject_topic).schema_id
+    v1 = json.loads(load_schema("telemetry"))
+    v2 = {**v1, "fields": [*v1["fields"], V2_FIELD]}
+    v2_id = register_schema(registry, f"{subject_topic}-value", json.dumps(v2))  # refused if incompatible
+    assert v2_id != v1_id
 
-        old = TelemetryEncoder(registry, subject_topic).encode(generate_fleet(FleetSpec(devices=1, records=1)))
-        body = io.BytesIO()
-        new_record = {"device_id": "pump-7", "event_time": 1_700_000_000_000, "seq": 3, "label": 1, "site": "B2",
-                      "channels": {"sensor0": 1.5, "sensor9": 99.0}}
-        fastavro.schemaless_writer(body, fastavro.parse_schema(v2), new_record)
-        producer = Producer({"bootstrap.servers": stack.bootstrap_servers})
-        for value in (old[0], wire_header(v2_id) + body.getvalue()):
-            producer.produce(subject_topic, value, b"k")
-        assert producer.flush(30) == 0
-        values = consume_values(stack.bootstrap_servers, subject_topic, 2)
+    old = TelemetryEncoder(registry, subject_topic).encode(generate_fleet(FleetSpec(devices=1, records=1)))
+    body = io.BytesIO()
+    new_record = {"device_id": "pump-7", "event_time": 1_700_000_000_000, "seq": 3, "label": 1, "site": "B2",
+                  "channels": {"sensor0": 1.5, "sensor9": 99.0}}
+    fastavro.schemaless_writer(body, fastavro.parse_schema(v2), new_record)
+    producer = Producer({"bootstrap.servers": stack.bootstrap_servers})
+    for value in (old[0], wire_header(v2_id) + body.getvalue()):
+        producer.produce(subject_topic, value, b"k")
+    assert producer.flush(30) == 0
+    values = consume_values(stack.bootstrap_servers, subject_topic, 2)
 
-        result = TelemetryDecoder(registry, channels=("sensor0",)).decode(values)
-        assert result.bad == []
-        assert result.batch.device_id.tolist()[1] == "pump-7"
-        assert result.batch.values[1].tolist() == [1.5]
-        assert result.batch.label.tolist()[1] == 1
-        assert result.extra_channels == frozenset({"sensor1", "sensor2", "sensor3", "sensor4", "sensor5",
-                                                   "sensor6", "sensor7", "sensor9"})
+    result = TelemetryDecoder(registry, channels=("sensor0",)).decode(values)
+    assert result.bad == []
+    assert result.batch.device_id.tolist()[1] == "pump-7"
+    assert result.batch.values[1].tolist() == [1.5]
+    assert result.batch.label.tolist()[1] == 1
+    assert result.extra_channels == frozenset({"sensor1", "sensor2", "sensor3", "sensor4", "sensor5",
+                                               "sensor6", "sensor7", "sensor9"})
 
-        old_reader = AvroDeserializer(registry, schema_str=load_schema("telemetry"))
-        record = old_reader(values[1], SerializationContext(subject_topic, MessageField.VALUE))
-        assert "site" not in record and record["channels"] == {"sensor0": 1.5, "sensor9": 99.0}
-    finally:
-        admin.delete_topics([subject_topic])
+    old_reader = AvroDeserializer(registry, schema_str=load_schema("telemetry"))
+    record = old_reader(values[1], SerializationContext(subject_topic, MessageField.VALUE))
+    assert "site" not in record and record["channels"] == {"sensor0": 1.5, "sensor9": 99.0}
 
 
 def consume_values(bootstrap: str, topic: str, count: int, timeout_s: float = 30.0) -> list[bytes]:
