@@ -225,8 +225,8 @@ def prepare_kafka(settings: StackSettings) -> None:
             f"{kafka_libs(settings)}/*",
             "kafka.tools.StorageTool",
             "format",
-            "-t",
-            cluster_id,
+            # joined with "=": a base64 id may start with "-" and would read as an option
+            f"--cluster-id={cluster_id}",
             "-c",
             str(config / "server.properties"),
         ],
