@@ -152,8 +152,8 @@ class _TorchAutoencoder(Detector):
         _require(learning_rate > 0, f"learning_rate must be > 0, got {learning_rate}")
         _require(weight_decay >= 0, f"weight_decay must be >= 0, got {weight_decay}")
         _require(patience >= 1, f"patience must be >= 1, got {patience}")
-        _require(0 < validation_fraction < 1, f"validation_fraction must be in (0, 1), got {validation_fraction}")
-        _require(0 < threshold_quantile <= 1, f"threshold_quantile must be in (0, 1], got {threshold_quantile}")
+        _require(0 < validation_fraction < 1, f"validation_fraction must be in (0, 1): {validation_fraction}")
+        _require(0 < threshold_quantile <= 1, f"threshold_quantile must be in (0, 1]: {threshold_quantile}")
         _require(score_batch_size >= 1, f"score_batch_size must be >= 1, got {score_batch_size}")
         self.max_epochs = max_epochs
         self.batch_size = batch_size
@@ -215,7 +215,7 @@ class _TorchAutoencoder(Detector):
         """
         X = self._check_input(np.asarray(X), fitting=True)
         if not np.isfinite(X).all():
-            raise ModelError(f"{self.name}: training data contains NaN or infinite values; impute or drop them")
+            raise ModelError(f"{self.name}: training data holds NaN or infinite values; impute or drop them")
         if len(X) < MIN_TRAINING_ROWS:
             raise ModelError(f"{self.name}: {len(X)} training rows are too few (need >= {MIN_TRAINING_ROWS})")
         device = resolve_device(self.device)
@@ -309,13 +309,14 @@ class _TorchAutoencoder(Detector):
                 "re-train"
             ) from exc
         if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-            raise ModelError(f"{weights_path}: not a state_dict of tensors; restore the model version or re-train")
+            raise ModelError(f"{weights_path}: not a state_dict of tensors; restore the model or re-train")
         network = detector._build_network(input_shape)
         try:
             network.load_state_dict(state, strict=True)
         except RuntimeError as exc:
             raise ModelError(
-                f"{weights_path}: weights do not fit the network described in {meta_path} ({_first_line(exc)})"
+                f"{weights_path}: weights do not fit the network described in {meta_path} "
+                f"({_first_line(exc)})"
             ) from exc
         if not all(bool(torch.isfinite(v).all()) for v in state.values() if v.is_floating_point()):
             raise ModelError(f"{weights_path}: weights contain NaN or infinite values; re-train")
@@ -332,7 +333,9 @@ class _TorchAutoencoder(Detector):
         self, network: nn.Module, train: np.ndarray, val: np.ndarray, seed: int, device: torch.device
     ) -> None:
         """Mini-batch Adam on MSE; keeps the weights of the best validation epoch."""
-        optimiser = torch.optim.Adam(network.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay)
+        optimiser = torch.optim.Adam(
+            network.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay
+        )
         # The whole split moves to the device once; batches are index gathers, not a DataLoader per epoch.
         train_t = torch.from_numpy(np.ascontiguousarray(train, dtype=np.float32)).to(device)
         val_t = torch.from_numpy(np.ascontiguousarray(val, dtype=np.float32)).to(device)
@@ -490,9 +493,10 @@ class DenseAutoencoder(_TorchAutoencoder):
         _require(latent is None or latent >= 1, f"latent must be >= 1 or None, got {latent}")
         _require(0 <= dropout < 1, f"dropout must be in [0, 1), got {dropout}")
         super().__init__(
-            max_epochs=max_epochs, batch_size=batch_size, learning_rate=learning_rate, weight_decay=weight_decay,
-            patience=patience, validation_fraction=validation_fraction, threshold_quantile=threshold_quantile,
-            score_batch_size=score_batch_size, device=device, progress=progress,
+            max_epochs=max_epochs, batch_size=batch_size, learning_rate=learning_rate,
+            weight_decay=weight_decay, patience=patience, validation_fraction=validation_fraction,
+            threshold_quantile=threshold_quantile, score_batch_size=score_batch_size, device=device,
+            progress=progress,
         )
         self.hidden = tuple(int(w) for w in hidden)
         self.latent = latent
@@ -587,14 +591,15 @@ class ConvAutoencoder(_TorchAutoencoder):
         device: str = "auto",
         progress: bool | None = None,
     ) -> None:
-        _require(len(channels) >= 1 and all(c >= 1 for c in channels), f"channels need widths >= 1: {channels}")
+        _require(len(channels) >= 1 and all(c >= 1 for c in channels), f"channels must be >= 1: {channels}")
         _require(kernel_size >= 1 and kernel_size % 2 == 1, f"kernel_size must be odd, got {kernel_size}")
         _require(0 <= dropout < 1, f"dropout must be in [0, 1), got {dropout}")
         _require(score_on in ("last", "mean"), f"score_on must be 'last' or 'mean', got {score_on!r}")
         super().__init__(
-            max_epochs=max_epochs, batch_size=batch_size, learning_rate=learning_rate, weight_decay=weight_decay,
-            patience=patience, validation_fraction=validation_fraction, threshold_quantile=threshold_quantile,
-            score_batch_size=score_batch_size, device=device, progress=progress,
+            max_epochs=max_epochs, batch_size=batch_size, learning_rate=learning_rate,
+            weight_decay=weight_decay, patience=patience, validation_fraction=validation_fraction,
+            threshold_quantile=threshold_quantile, score_batch_size=score_batch_size, device=device,
+            progress=progress,
         )
         self.channels = tuple(int(c) for c in channels)
         self.kernel_size = kernel_size
