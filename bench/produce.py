@@ -1,7 +1,7 @@
 """Producer throughput: Avro-encoded synthetic records vs. the same producer sending pre-encoded bytes.
 
 Both runs use the same run loop (``anomstream.producer.produce_batches``), the same producer settings
-(``kafka_config.producer_config``: idempotent, lz4, linger) and a fresh 6-partition topic each; the only
+(``producer.make_producer``: idempotent, lz4, linger) and a fresh 6-partition topic each; the only
 difference is that the ceiling's values were encoded before the clock started. The synthetic fleet is
 generated beforehand for both, so neither figure includes generation. Rounds alternate (ceiling, Avro, ...)
 and the best round of each counts, which evens out a machine shared with other work.
@@ -19,12 +19,11 @@ import time
 import uuid
 from collections.abc import Callable
 
-from confluent_kafka import Producer
 from confluent_kafka.admin import NewTopic
 
 from anomstream.config import KafkaSettings
-from anomstream.kafka_config import producer_config, registry_client
-from anomstream.producer import PRODUCER_OVERRIDES, ProduceReport, produce_batches
+from anomstream.kafka_config import registry_client
+from anomstream.producer import ProduceReport, make_producer, produce_batches
 from anomstream.serde import TelemetryEncoder
 from anomstream.synthetic import FleetSpec, iter_fleet
 from anomstream.telemetry import TelemetryBatch
@@ -37,8 +36,8 @@ def timed_run(
     kafka: KafkaSettings, topic: str, batches: list[TelemetryBatch], encode: Callable[[TelemetryBatch], list[bytes]]
 ) -> ProduceReport:
     """Produce ``batches`` to ``topic`` with a fresh producer; the report's elapsed time includes the flush."""
-    producer = Producer(producer_config(kafka, "anomstream-bench", **PRODUCER_OVERRIDES))
     report = ProduceReport(topic=topic)
+    producer = make_producer(kafka, "anomstream-bench", report)
     produce_batches(producer, topic, batches, encode, report=report)
     return report
 
