@@ -18,7 +18,7 @@ from anomstream.stack.servers import (
     Server,
     find_registry_java,
     java_major,
-    kafka_server,
+    kafka_servers,
     prepare_kafka,
     registry_server,
 )
@@ -44,7 +44,7 @@ def add_parser(subparsers: Any) -> None:
         add_settings_arguments(action, StackSettings)
         action.set_defaults(func=func)
     logs = actions.add_parser("logs", help="show the servers' log files")
-    logs.add_argument("server", nargs="?", choices=("kafka", "registry"), help="one server (default: both)")
+    logs.add_argument("server", nargs="?", help="one server: kafka, kafka-2, ..., registry (default: all)")
     logs.add_argument("-n", "--lines", type=int, default=40, help="lines from the end of each log (default: 40)")
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines (tail -f)")
     add_settings_arguments(logs, StackSettings)
@@ -52,29 +52,31 @@ def add_parser(subparsers: Any) -> None:
 
 
 def _servers(settings: StackSettings, registry_java: str = "java") -> list[Server]:
-    return [kafka_server(settings), registry_server(settings, registry_java)]
+    return [*kafka_servers(settings), registry_server(settings, registry_java)]
 
 
 def run_up(args: argparse.Namespace) -> int:
     """Install, start, wait until both servers answer, create the topics."""
     settings = settings_from_args(StackSettings, args)
     started = time.monotonic()
-    kafka = kafka_server(settings)
+    servers = _servers(settings)
     registry_java = "java"
-    if kafka.pid() is None or registry_server(settings, "java").pid() is None:
+    if any(server.pid() is None for server in servers):
         _check_tools(settings)
         install(settings, console)
         registry_java = find_registry_java(settings)
-    registry = registry_server(settings, registry_java)
-    # Start both at once: the registry spends its first seconds booting Quarkus, by which time the broker
-    # answers; if it gave up on the broker all the same, it is started again once the broker is ready.
-    to_start = [server for server in (kafka, registry) if server.pid() is None]
+    *brokers, registry = _servers(settings, registry_java)
+    # Start everything at once: KRaft nodes need a quorum before any answers, and the registry spends its
+    # first seconds booting Quarkus, by which time the brokers answer; if it gave up on them all the same,
+    # it is started again once they are ready.
+    to_start = [server for server in (*brokers, registry) if server.pid() is None]
     with console.status(f"starting {', '.join(s.name for s in to_start) or 'nothing'}..."):
+        if any(server in to_start for server in brokers):
+            prepare_kafka(settings)
         for server in to_start:
-            if server is kafka:
-                prepare_kafka(settings)
             server.start()
-        kafka.wait_ready(settings.start_timeout_s)
+        for broker in brokers:
+            broker.wait_ready(settings.start_timeout_s)
         try:
             registry.wait_ready(settings.start_timeout_s)
         except StackError:
@@ -87,7 +89,9 @@ def run_up(args: argparse.Namespace) -> int:
     from anomstream.topics import ensure_topics, system_topics
 
     kafka_settings = KafkaSettings(bootstrap_servers=settings.bootstrap_servers)
-    ensure_topics(kafka_settings, system_topics(settings_from_args(TopicSettings, args)))
+    ensure_topics(
+        kafka_settings, system_topics(settings_from_args(TopicSettings, args), settings.replication_factor)
+    )
     console.print(
         f"stack up in {time.monotonic() - started:.1f} s: Kafka {settings.bootstrap_servers}, "
         f"registry {settings.registry_url}"
@@ -127,7 +131,7 @@ def run_status(args: argparse.Namespace) -> int:
         running += state == "answering"
         table.add_row(server.name, str(pid or "-"), state, server.address, str(server.log_file))
     Console().print(table)
-    return 0 if running == 2 else 3
+    return 0 if running == settings.brokers + 1 else 3
 
 
 def run_env(args: argparse.Namespace) -> int:

@@ -7,6 +7,7 @@ are only a hint, so a stale pid file (the process died, or the pid was reused) i
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import os
 import re
@@ -140,18 +141,29 @@ def _port_open(port: int) -> bool:
         return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
-def kafka_server(settings: StackSettings) -> Server:
-    """The KRaft broker+controller, configured from ``settings``."""
-    home = settings.stack_dir / "kafka"
+def _node_name(node: int) -> str:
+    return "kafka" if node == 1 else f"kafka-{node}"
+
+
+def kafka_servers(settings: StackSettings) -> list[Server]:
+    """The KRaft nodes (broker and controller in one process each), configured from ``settings``."""
+    return [kafka_server(settings, node) for node in range(1, settings.brokers + 1)]
+
+
+def kafka_server(settings: StackSettings, node: int = 1) -> Server:
+    """KRaft node ``node`` (1-based): its command line, log and readiness check."""
+    name = _node_name(node)
+    home = settings.stack_dir / name
     config = home / "config"
+    address = f"127.0.0.1:{settings.broker_port(node)}"
     return Server(
-        name="kafka",
+        name=name,
         command=[
             settings.java,
             f"-Xmx{settings.kafka_heap}",
             "-Xms256m",
             "-XX:+UseG1GC",
-            f"-Danomstream.stack={settings.stack_dir}:kafka",
+            f"-Danomstream.stack={settings.stack_dir}:{name}",
             f"-Dlog4j2.configurationFile={config / 'log4j2.properties'}",
             f"-Dkafka.logs.dir={home / 'logs'}",
             "-cp",
@@ -160,10 +172,10 @@ def kafka_server(settings: StackSettings) -> Server:
             str(config / "server.properties"),
         ],
         cwd=home,
-        log_file=settings.stack_dir / "logs" / "kafka.out",
-        address=settings.bootstrap_servers,
-        port=settings.kafka_port,
-        ready=lambda: kafka_answers(settings.bootstrap_servers),
+        log_file=settings.stack_dir / "logs" / f"{name}.out",
+        address=address,
+        port=settings.broker_port(node),
+        ready=lambda: kafka_answers(address),
         settings=settings,
     )
 
@@ -176,46 +188,69 @@ def kafka_answers(bootstrap_servers: str, timeout_s: float = 2.0) -> bool:
     quiet = logging.getLogger("anomstream.stack.probe")
     quiet.setLevel(logging.CRITICAL)
     try:
-        admin = AdminClient({"bootstrap.servers": bootstrap_servers, "logger": quiet})
+        admin = AdminClient({"bootstrap.servers": bootstrap_servers, "logger": quiet})  # type: ignore[dict-item]
         metadata = admin.list_topics(timeout=timeout_s)
     except Exception:  # noqa: BLE001 - any failure means "not ready yet"
         return False
     return bool(metadata.brokers)
 
 
+def _server_properties(settings: StackSettings, node: int, data: Path) -> str:
+    n, rf = settings.brokers, settings.replication_factor
+    min_isr = 2 if rf >= 3 else 1
+    voters = ",".join(f"{i}@127.0.0.1:{settings.controller_port_of(i)}" for i in range(1, n + 1))
+    port, controller = settings.broker_port(node), settings.controller_port_of(node)
+    lines = [
+        "process.roles=broker,controller",
+        f"node.id={node}",
+        f"controller.quorum.voters={voters}",
+        f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}",
+        f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
+        "controller.listener.names=CONTROLLER",
+        "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        f"log.dirs={data}",
+        "num.partitions=1",
+        f"default.replication.factor={rf}",
+        f"min.insync.replicas={min_isr}",
+        f"offsets.topic.replication.factor={rf}",
+        f"transaction.state.log.replication.factor={rf}",
+        f"transaction.state.log.min.isr={min_isr}",
+        f"share.coordinator.state.topic.replication.factor={rf}",
+        f"share.coordinator.state.topic.min.isr={min_isr}",
+        # a single-member group need not wait for others before its first assignment
+        "group.initial.rebalance.delay.ms=0",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def prepare_kafka(settings: StackSettings) -> None:
-    """Write the broker's configuration and format its storage once (data survives down/up)."""
-    home = settings.stack_dir / "kafka"
-    config, data = home / "config", home / "data"
-    config.mkdir(parents=True, exist_ok=True)
-    (home / "logs").mkdir(parents=True, exist_ok=True)
-    (config / "log4j2.properties").write_text(LOG4J2)
-    (config / "server.properties").write_text(
-        "\n".join(
-            [
-                "process.roles=broker,controller",
-                "node.id=1",
-                f"controller.quorum.voters=1@127.0.0.1:{settings.controller_port}",
-                f"listeners=PLAINTEXT://127.0.0.1:{settings.kafka_port},CONTROLLER://127.0.0.1:{settings.controller_port}",
-                f"advertised.listeners=PLAINTEXT://127.0.0.1:{settings.kafka_port}",
-                "controller.listener.names=CONTROLLER",
-                "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-                f"log.dirs={data}",
-                "num.partitions=1",
-                "offsets.topic.replication.factor=1",
-                "transaction.state.log.replication.factor=1",
-                "transaction.state.log.min.isr=1",
-                "share.coordinator.state.topic.replication.factor=1",
-                "share.coordinator.state.topic.min.isr=1",
-                # a single-member group need not wait for others before its first assignment
-                "group.initial.rebalance.delay.ms=0",
-                "",
-            ]
-        )
-    )
-    if (data / "meta.properties").exists():
-        return
-    cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    """Write each node's configuration and format its storage once (data survives down/up)."""
+    marker = settings.stack_dir / "cluster.json"
+    if marker.exists():
+        recorded = json.loads(marker.read_text())
+        if recorded["brokers"] != settings.brokers:
+            raise StackError(
+                f"{settings.stack_dir} holds a {recorded['brokers']}-node cluster, not {settings.brokers}: use another "
+                "ANOMSTREAM_STACK_DIR for a different cluster size (or remove the folder to start afresh)"
+            )
+        cluster_id = recorded["cluster_id"]
+    else:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        settings.stack_dir.mkdir(parents=True, exist_ok=True)
+        marker.write_text(json.dumps({"brokers": settings.brokers, "cluster_id": cluster_id}))
+    for node in range(1, settings.brokers + 1):
+        home = settings.stack_dir / _node_name(node)
+        config, data = home / "config", home / "data"
+        config.mkdir(parents=True, exist_ok=True)
+        (home / "logs").mkdir(parents=True, exist_ok=True)
+        (config / "log4j2.properties").write_text(LOG4J2)
+        (config / "server.properties").write_text(_server_properties(settings, node, data))
+        if not (data / "meta.properties").exists():
+            _format_storage(settings, home, cluster_id)
+
+
+def _format_storage(settings: StackSettings, home: Path, cluster_id: str) -> None:
+    config = home / "config"
     result = subprocess.run(
         [
             settings.java,
@@ -235,7 +270,8 @@ def prepare_kafka(settings: StackSettings) -> None:
         check=False,
     )
     if result.returncode != 0:
-        raise StackError(f"formatting Kafka's storage failed: {(result.stdout + result.stderr).strip()[-1500:]}")
+        output = (result.stdout + result.stderr).strip()[-1500:]
+        raise StackError(f"formatting Kafka's storage in {home} failed: {output}")
 
 
 def registry_server(settings: StackSettings, java: str) -> Server:

@@ -21,15 +21,29 @@ class StackSettings(_Settings):
     registry_management_port: int = env(
         "ANOMSTREAM_REGISTRY_MANAGEMENT_PORT", 9001, "registry health/metrics port on 127.0.0.1"
     )
+    brokers: int = env(
+        "ANOMSTREAM_BROKERS", 1, "KRaft nodes (broker+controller each); 3 gives replication factor 3, min ISR 2", ge=1
+    )
     java: str = env("ANOMSTREAM_JAVA", "java", "Java (17+) that runs Kafka")
     registry_java: str = env("ANOMSTREAM_REGISTRY_JAVA", "", "Java (21+) that runs the registry; empty: search")
     kafka_heap: str = env("ANOMSTREAM_KAFKA_HEAP", "1g", "broker JVM heap (-Xmx)")
     registry_heap: str = env("ANOMSTREAM_REGISTRY_HEAP", "512m", "registry JVM heap (-Xmx)")
     start_timeout_s: float = env("ANOMSTREAM_STACK_TIMEOUT", 120.0, "seconds to wait for a server to answer")
 
+    def broker_port(self, node: int) -> int:
+        """Listener port of KRaft node ``node`` (1-based); nodes are two ports apart."""
+        return self.kafka_port + 2 * (node - 1)
+
+    def controller_port_of(self, node: int) -> int:
+        return self.controller_port + 2 * (node - 1)
+
+    @property
+    def replication_factor(self) -> int:
+        return min(self.brokers, 3)
+
     @property
     def bootstrap_servers(self) -> str:
-        return f"127.0.0.1:{self.kafka_port}"
+        return ",".join(f"127.0.0.1:{self.broker_port(node)}" for node in range(1, self.brokers + 1))
 
     @property
     def registry_url(self) -> str:
