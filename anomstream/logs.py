@@ -38,3 +38,6 @@ def configure_logging(level: str = "INFO", log_format: str = "text") -> None:
 
         handler = RichHandler(console=Console(stderr=True), show_path=False, log_time_format="%H:%M:%S")
     logging.basicConfig(level=level.upper(), handlers=[handler], format="%(message)s", force=True)
+    # the registry client's HTTP library logs every request at INFO: only its problems are news
+    for noisy in ("httpx", "httpx2", "httpcore", "httpcore2"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
