@@ -132,6 +132,10 @@ class _TorchAutoencoder(Detector):
     """Training, scoring and persistence shared by the two autoencoders."""
 
     input_ndim: ClassVar[int]
+    # Rows per scoring chunk when score_batch_size is None: small enough on CPU to stay in cache, large on
+    # CUDA so that kernel launches and transfers are amortised (measured, see bench/autoencoder_device.py).
+    cpu_chunk_rows: ClassVar[int]
+    cuda_chunk_rows: ClassVar[int]
 
     def __init__(
         self,
@@ -143,7 +147,7 @@ class _TorchAutoencoder(Detector):
         patience: int,
         validation_fraction: float,
         threshold_quantile: float,
-        score_batch_size: int,
+        score_batch_size: int | None,
         device: str,
         progress: bool | None,
     ) -> None:
@@ -154,7 +158,10 @@ class _TorchAutoencoder(Detector):
         _require(patience >= 1, f"patience must be >= 1, got {patience}")
         _require(0 < validation_fraction < 1, f"validation_fraction must be in (0, 1): {validation_fraction}")
         _require(0 < threshold_quantile <= 1, f"threshold_quantile must be in (0, 1]: {threshold_quantile}")
-        _require(score_batch_size >= 1, f"score_batch_size must be >= 1, got {score_batch_size}")
+        _require(
+            score_batch_size is None or score_batch_size >= 1,
+            f"score_batch_size must be >= 1 or None, got {score_batch_size}",
+        )
         self.max_epochs = max_epochs
         self.batch_size = batch_size
         self.learning_rate = learning_rate
@@ -221,11 +228,11 @@ class _TorchAutoencoder(Detector):
         device = resolve_device(self.device)
         train_index, val_index = _split(len(X), self.validation_fraction, seed)
         self.input_shape_ = tuple(int(d) for d in X.shape[1:])
+        self._network, self._torch_device = None, device
         with _seeded(seed, device):
             network = self._build_network(self.input_shape_).to(device)
             self._train(network, X[train_index], X[val_index], seed, device)
-        network.eval()
-        self._network, self._torch_device = network, device
+        self._network = network.eval()
         self.threshold_ = float(np.quantile(self.score(X[val_index]), self.threshold_quantile))
         best = min(self.history_, key=lambda row: row["val_loss"])
         logger.info(
@@ -373,7 +380,7 @@ class _TorchAutoencoder(Detector):
         network.eval()
         total = torch.zeros((), dtype=torch.float64, device=val_t.device)
         with torch.inference_mode():
-            for batch in val_t.split(self.score_batch_size):
+            for batch in val_t.split(self._chunk_rows()):
                 total += ((network(batch) - batch) ** 2).sum(dtype=torch.float64)
         return float(total) / val_t.numel()
 
@@ -388,6 +395,11 @@ class _TorchAutoencoder(Detector):
             console=Console(stderr=True),
             disable=not show,
         )
+
+    def _chunk_rows(self) -> int:
+        if self.score_batch_size is not None:
+            return self.score_batch_size
+        return self.cuda_chunk_rows if self._torch_device.type == "cuda" else self.cpu_chunk_rows
 
     def _fitted_network(self) -> nn.Module:
         if self._network is None:
@@ -410,10 +422,11 @@ class _TorchAutoencoder(Detector):
         X = self._check_input(np.asarray(X))
         n, n_features = len(X), self.input_shape_[-1]
         out = np.empty((n, n_features) if per_feature else (n,), dtype=np.float64)
+        chunk_rows = self._chunk_rows()
         with torch.inference_mode():
             # Chunks are converted one at a time, so a strided view (sliding windows) is never copied whole.
-            for start in range(0, n, self.score_batch_size):
-                chunk = np.ascontiguousarray(X[start : start + self.score_batch_size], dtype=np.float32)
+            for start in range(0, n, chunk_rows):
+                chunk = np.ascontiguousarray(X[start : start + chunk_rows], dtype=np.float32)
                 errors = self._feature_errors(network, torch.from_numpy(chunk).to(self._torch_device))
                 # float64 before the mean so that score == contributions.mean(axis=1) to rounding.
                 errors = errors.double() if per_feature else errors.double().mean(dim=1)
@@ -464,7 +477,8 @@ class DenseAutoencoder(_TorchAutoencoder):
         validation_fraction: Share of the training rows held out (as contiguous blocks) for early stopping
             and the threshold.
         threshold_quantile: Quantile of the validation scores that ``fit`` sets ``threshold_`` to.
-        score_batch_size: Rows per chunk when scoring (bounds memory, keeps the work vectorised).
+        score_batch_size: Rows per chunk when scoring (bounds memory, keeps the work vectorised); ``None``
+            picks 65,536 on CPU and 262,144 on CUDA.
         device: ``"auto"`` (CUDA if available, else CPU), ``"cpu"``, or ``"cuda"`` (a ``ModelError`` when
             CUDA is absent, rather than a silent fallback).
         progress: Show a rich progress bar while training; ``None`` shows it when stderr is a terminal.
@@ -472,6 +486,8 @@ class DenseAutoencoder(_TorchAutoencoder):
 
     name: ClassVar[str] = "dense-ae"
     input_ndim: ClassVar[int] = 2
+    cpu_chunk_rows: ClassVar[int] = 65536
+    cuda_chunk_rows: ClassVar[int] = 262144
 
     def __init__(
         self,
@@ -485,7 +501,7 @@ class DenseAutoencoder(_TorchAutoencoder):
         patience: int = 8,
         validation_fraction: float = 0.15,
         threshold_quantile: float = 0.995,
-        score_batch_size: int = 65536,
+        score_batch_size: int | None = None,
         device: str = "auto",
         progress: bool | None = None,
     ) -> None:
@@ -566,13 +582,16 @@ class ConvAutoencoder(_TorchAutoencoder):
         patience: Epochs without a validation-loss improvement before stopping.
         validation_fraction: Share of the training windows held out (as contiguous blocks).
         threshold_quantile: Quantile of the validation scores that ``fit`` sets ``threshold_`` to.
-        score_batch_size: Windows per chunk when scoring.
+        score_batch_size: Windows per chunk when scoring; ``None`` picks 2,048 on CPU (cache-sized) and
+            16,384 on CUDA.
         device: ``"auto"``, ``"cpu"`` or ``"cuda"`` (a ``ModelError`` when CUDA is absent).
         progress: Show a rich progress bar while training; ``None`` shows it when stderr is a terminal.
     """
 
     name: ClassVar[str] = "conv-ae"
     input_ndim: ClassVar[int] = 3
+    cpu_chunk_rows: ClassVar[int] = 2048
+    cuda_chunk_rows: ClassVar[int] = 16384
 
     def __init__(
         self,
@@ -587,7 +606,7 @@ class ConvAutoencoder(_TorchAutoencoder):
         patience: int = 8,
         validation_fraction: float = 0.15,
         threshold_quantile: float = 0.995,
-        score_batch_size: int = 8192,
+        score_batch_size: int | None = None,
         device: str = "auto",
         progress: bool | None = None,
     ) -> None:
