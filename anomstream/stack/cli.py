@@ -13,6 +13,7 @@ from rich.table import Table
 
 from anomstream.config import KafkaSettings, TopicSettings, add_settings_arguments, settings_from_args
 from anomstream.errors import StackError
+from anomstream.stack.engine import add_engine_argument, dispatch
 from anomstream.stack.install import install
 from anomstream.stack.servers import (
     Server,
@@ -34,6 +35,7 @@ def add_parser(subparsers: Any) -> None:
     up = actions.add_parser("up", help="install what is missing, start both servers, create the topics (idempotent)")
     add_settings_arguments(up, StackSettings)
     add_settings_arguments(up, TopicSettings)
+    add_engine_argument(up)
     up.set_defaults(func=run_up)
     for name, func, help_text in (
         ("down", run_down, "stop exactly the processes `up` started (gracefully first)"),
@@ -42,6 +44,7 @@ def add_parser(subparsers: Any) -> None:
     ):
         action = actions.add_parser(name, help=help_text)
         add_settings_arguments(action, StackSettings)
+        add_engine_argument(action)
         action.set_defaults(func=func)
     logs = actions.add_parser("logs", help="show the servers' log files")
     logs.add_argument("server", nargs="?", help="one server: kafka, kafka-2, ..., registry (default: all)")
@@ -58,6 +61,8 @@ def _servers(settings: StackSettings, registry_java: str = "java") -> list[Serve
 def run_up(args: argparse.Namespace) -> int:
     """Install, start, wait until both servers answer, create the topics."""
     settings = settings_from_args(StackSettings, args)
+    if (docker_status := dispatch("up", args, settings)) is not None:
+        return docker_status
     started = time.monotonic()
     servers = _servers(settings)
     registry_java = "java"
@@ -110,6 +115,8 @@ def _check_tools(settings: StackSettings) -> None:
 def run_down(args: argparse.Namespace) -> int:
     """Stop the registry, then the broker."""
     settings = settings_from_args(StackSettings, args)
+    if (docker_status := dispatch("down", args, settings)) is not None:
+        return docker_status
     for server in reversed(_servers(settings)):
         if server.stop():
             console.print(f"stopped {server.name}")
@@ -121,6 +128,8 @@ def run_down(args: argparse.Namespace) -> int:
 def run_status(args: argparse.Namespace) -> int:
     """A table of the servers: pid, state, address, log; exit 0 only when both run."""
     settings = settings_from_args(StackSettings, args)
+    if (docker_status := dispatch("status", args, settings)) is not None:
+        return docker_status
     table = Table(title=f"anomstream stack ({settings.stack_dir})")
     for column in ("server", "pid", "state", "address", "log"):
         table.add_column(column)
@@ -137,6 +146,8 @@ def run_status(args: argparse.Namespace) -> int:
 def run_env(args: argparse.Namespace) -> int:
     """Export lines for the running stack (eval them in a shell)."""
     settings = settings_from_args(StackSettings, args)
+    if (docker_status := dispatch("env", args, settings)) is not None:
+        return docker_status
     if any(server.pid() is None for server in _servers(settings)):
         console.print("[yellow]warning:[/] the stack is not running; start it with `anomstream stack up`")
     print(f"export KAFKA_BOOTSTRAP_SERVERS={settings.bootstrap_servers}")
