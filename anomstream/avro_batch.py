@@ -9,6 +9,7 @@ numpy itself, so the cost per record is a few hundred nanoseconds instead of a P
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -206,3 +207,133 @@ def _fixed_rows(pieces: list[Piece], index: np.ndarray | None, n: int) -> list[b
             target = np.ndarray((n, length), dtype=np.uint8, buffer=rows, offset=offset, strides=(width, 1))
             target[...] = data[:, :length]
     return rows.view(f"V{width}").tolist()  # type: ignore[no-any-return]
+
+
+# --- reading: the same idea backwards, over all messages at once -------------------------------------------
+
+PADDING = 16  # zero bytes after the last message, so reads a few bytes past a message's end stay in bounds
+
+
+def concatenate(values: Sequence[bytes | None]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """All values in one zero-padded uint8 buffer (a missing value is empty), with their starts and ends."""
+    if None in values:
+        values = [b"" if v is None else v for v in values]
+    lengths = np.array(list(map(len, values)), dtype=np.int64)  # type: ignore[arg-type]
+    end = np.cumsum(lengths)
+    joined = b"".join(values) + bytes(PADDING)  # type: ignore[arg-type]
+    return np.frombuffer(joined, dtype=np.uint8), end - lengths, end
+
+
+@dataclass
+class Cursor:
+    """Read positions into one buffer holding many Avro bodies, one position per message.
+
+    Attributes:
+        buffer: every message's bytes, concatenated and followed by ``PADDING`` zero bytes (uint8).
+        position: ``(n,)`` where each message's next field starts.
+        end: ``(n,)`` one past each message's last byte.
+        ok: ``(n,)`` messages still readable; a message that breaks a rule is dropped here (and
+            re-read one by one elsewhere, to say precisely what is wrong with it).
+    """
+
+    buffer: np.ndarray
+    position: np.ndarray
+    end: np.ndarray
+    ok: np.ndarray
+
+    def __post_init__(self) -> None:
+        # a float64 starting at every byte offset: reading a double is one gather, aligned or not
+        self._doubles = np.ndarray((len(self.buffer) - 7,), dtype="<f8", buffer=self.buffer, strides=(1,))
+        self._words = np.ndarray((len(self.buffer) - 7,), dtype="<u8", buffer=self.buffer, strides=(1,))
+
+    def _words_at(self, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """``(n, words)`` little-endian uint64 words of byte strings, zeroed past each string's length."""
+        count = max(1, -(-int(lengths.max()) // 8))
+        words = np.empty((len(starts), count), dtype=np.uint64)
+        for j in range(count):
+            left = np.clip(lengths - 8 * j, 0, 8).astype(np.uint64)
+            all_bits = np.uint64(0xFFFFFFFFFFFFFFFF)
+            keep = np.where(left == 8, all_bits, (np.uint64(1) << (left * np.uint64(8))) - np.uint64(1))
+            offsets = np.minimum(starts + 8 * j, len(self._words) - 1)
+            words[:, j] = self._words[offsets] & keep
+        return words
+
+    def varints(self, active: np.ndarray | None = None) -> np.ndarray:
+        """Read one zig-zag varint (Avro int/long) for each active message and advance past it."""
+        active = self.ok if active is None else active & self.ok
+        value = np.zeros(len(self.position), dtype=np.uint64)
+        length = np.zeros(len(self.position), dtype=np.int64)
+        more = active.copy()
+        for k in range(10):
+            offsets = self.position + k
+            inside = more & (offsets < self.end)
+            self.ok &= ~(more & ~inside)  # ran off the end of the message
+            byte = self.buffer[offsets].astype(np.uint64)
+            value |= np.where(inside, (byte & np.uint64(0x7F)) << np.uint64(7 * k), np.uint64(0))
+            length += inside
+            more = inside & (byte >= 0x80)
+            if not more.any():
+                break
+        self.ok &= ~more  # longer than any 64-bit varint
+        self.position = self.position + length
+        return ((value >> np.uint64(1)).astype(np.int64)) ^ -((value & np.uint64(1)).astype(np.int64))
+
+    def doubles(self, active: np.ndarray) -> np.ndarray:
+        """Read one 8-byte little-endian double for each active message and advance past it."""
+        active = active & self.ok
+        self.ok &= ~(active & (self.position + 8 > self.end))
+        active &= self.ok
+        readings = self._doubles[self.position]
+        self.position = self.position + np.where(active, 8, 0)
+        return readings
+
+    def strings(self, active: np.ndarray | None = None) -> tuple[np.ndarray, list[str]]:
+        """Read one Avro string per active message, each distinct string decoded once.
+
+        Returns:
+            ``(codes, distinct)``: per message an index into ``distinct`` (-1 for inactive or broken ones).
+        """
+        active = self.ok if active is None else active & self.ok
+        length = self.varints(active)
+        active &= self.ok
+        self.ok &= ~(active & ((length < 0) | (self.position + length > self.end)))
+        active &= self.ok
+        codes = np.full(len(self.position), -1, dtype=np.int64)
+        rows = np.flatnonzero(active)
+        if len(rows) == 0:
+            return codes, []
+        lengths = length[rows]
+        words = self._words_at(self.position[rows], lengths)
+        inverse, first = _factorize_rows(words, lengths)
+        decoded: list[str] = []
+        unreadable = np.zeros(len(first), dtype=bool)
+        for j, row in enumerate(first.tolist()):
+            try:
+                decoded.append(words[row].astype("<u8").tobytes()[: lengths[row]].decode())
+            except UnicodeDecodeError:
+                decoded.append("")
+                unreadable[j] = True
+        codes[rows] = inverse
+        self.ok[rows[unreadable[inverse]]] = False
+        self.position = self.position + np.where(active, length, 0)
+        return codes, decoded
+
+
+def _factorize_rows(words: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Number distinct byte strings given as zero-padded uint64 words and lengths.
+
+    Returns ``(code per row, first row of each code)``. Rows are hashed to one integer and factorised in a
+    hash table; the hash is then checked word for word, and a collision falls back to sorting the rows.
+    """
+    digest = lengths.astype(np.uint64)
+    for column in range(words.shape[1]):
+        digest = (digest ^ words[:, column]) * np.uint64(0x100000001B3)  # FNV-style mixing, wraps mod 2**64
+    codes, distinct = pd.factorize(digest)
+    first = np.full(len(distinct), len(codes), dtype=np.int64)
+    np.minimum.at(first, codes, np.arange(len(codes)))
+    if (words == words[first[codes]]).all() and (lengths == lengths[first[codes]]).all():
+        return codes.astype(np.int64), first
+    keyed = np.ascontiguousarray(np.concatenate([words, lengths.astype(np.uint64)[:, None]], axis=1))
+    _, first, inverse = np.unique(keyed.view(f"V{keyed.shape[1] * 8}").ravel(), return_index=True,
+                                  return_inverse=True)
+    return inverse.ravel().astype(np.int64), first

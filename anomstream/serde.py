@@ -15,7 +15,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import math
 import struct
 import time
 from collections.abc import Sequence
@@ -324,39 +323,83 @@ class TelemetryDecoder:
     def decode(self, values: Sequence[bytes | None]) -> DecodeResult:
         """Decode message values; bad ones are reported in the result, never raised.
 
+        Records written with the reader's own schema are decoded column-wise for the whole list at once;
+        others (an evolved writer schema) and any record the fast path cannot read go through fastavro one
+        by one, which also says precisely what is wrong with a broken one.
+
         Raises:
             KafkaClientError: the registry failed transiently (retriable): pause and decode again later.
         """
-        records, bad = decode_records(self.schemas, values)
-        return _to_batch(records, bad, self.channels, self.allow_missing)
-
-
-def decode_records(
-    schemas: SchemaResolver, values: Sequence[bytes | None]
-) -> tuple[list[tuple[int, dict[str, Any]]], list[BadMessage]]:
-    """Decode framed Avro values to ``(input index, record dict)`` pairs plus the bad messages.
-
-    Raises:
-        KafkaClientError: the registry failed transiently (see :meth:`SchemaResolver.writer`).
-    """
-    records: list[tuple[int, dict[str, Any]]] = []
-    bad: list[BadMessage] = []
-    for i, value in enumerate(values):
-        if value is None or len(value) < 5 or value[0] != MAGIC_BYTE:
+        decoded = _Decoded()
+        bad: list[BadMessage] = []
+        buffer, start, end = avro_batch.concatenate(values)  # type: ignore[arg-type]
+        framed = (end - start >= 5) & (buffer[start] == MAGIC_BYTE)
+        for i in np.flatnonzero(~framed).tolist():
+            value = values[i]
             what = "no value" if value is None else f"{len(value)} bytes starting {bytes(value[:5]).hex()}"
             bad.append(BadMessage(i, BAD_MAGIC, "ValueError", f"not Confluent wire format (magic 0): {what}"))
-            continue
-        schema_id = int.from_bytes(value[1:5], "big")
-        writer = schemas.writer(schema_id)
-        if isinstance(writer, str):
-            bad.append(BadMessage(i, UNKNOWN_SCHEMA, "SchemaRegistryError", writer, schema_id))
-            continue
-        try:
-            records.append((i, _read_body(value, writer, schemas.reader)))
-        except Exception as error:  # fastavro raises many types on corrupt input; all mean "undecodable"
-            message = f"schema id {schema_id}: {error}"
-            bad.append(BadMessage(i, UNDECODABLE, type(error).__name__, message, schema_id))
-    return records, bad
+        header = buffer[start[:, None] + np.arange(1, 5)[None, :]].astype(np.int64)
+        schema_ids = (header[:, 0] << 24) | (header[:, 1] << 16) | (header[:, 2] << 8) | header[:, 3]
+        for schema_id in np.unique(schema_ids[framed]).tolist():
+            members = np.flatnonzero(framed & (schema_ids == schema_id)).tolist()
+            writer = self.schemas.writer(schema_id)
+            if isinstance(writer, str):
+                for i in members:
+                    bad.append(BadMessage(i, UNKNOWN_SCHEMA, "SchemaRegistryError", writer, schema_id))
+                continue
+            if writer[1]:  # same schema as the reader: the column-wise path
+                members = _read_columns(buffer, start, end, np.array(members), decoded).tolist()
+            for i in members:
+                try:
+                    decoded.add_record(i, _read_body(values[i] or b"", writer, self.schemas.reader))
+                except Exception as error:  # fastavro raises many types on corrupt input: all "undecodable"
+                    why = f"schema id {schema_id}: {error}"
+                    bad.append(BadMessage(i, UNDECODABLE, type(error).__name__, why, schema_id))
+        return decoded.result(bad, self.channels, self.allow_missing)
+
+
+def _read_columns(
+    buffer: np.ndarray, start: np.ndarray, end: np.ndarray, members: np.ndarray, decoded: _Decoded
+) -> np.ndarray:
+    """Decode ``members`` column-wise (telemetry.avsc layout); returns those it could not read."""
+    cursor = avro_batch.Cursor(buffer, start[members] + 5, end[members], np.ones(len(members), dtype=bool))
+    device_codes, devices = cursor.strings()
+    event_time_ms = cursor.varints()
+    seq = cursor.varints()
+    count = cursor.varints()
+    cursor.ok &= count >= 0  # a negative count starts a sized block: rare, left to fastavro
+    cells: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    for k in range(int(count[cursor.ok].max(initial=0))):
+        active = cursor.ok & (count > k)
+        key_codes, keys = cursor.strings(active)
+        readings = cursor.doubles(active)
+        channel = np.array([decoded.code(key) for key in keys] + [-1], dtype=np.int64)[key_codes]
+        rows = np.flatnonzero(active & cursor.ok)
+        cells.append((rows, channel[rows], readings[rows]))
+    block_end = cursor.varints(count > 0)
+    cursor.ok &= ~((count > 0) & (block_end != 0))  # a second block: left to fastavro
+    branch = cursor.varints()
+    labelled = branch == 1
+    label = np.where(labelled, cursor.varints(labelled), NO_LABEL)
+    cursor.ok &= ((branch == 0) | labelled) & (cursor.position == cursor.end)
+    cursor.ok &= (label >= -128) & (label <= 127)  # TelemetryBatch labels are int8
+    good = cursor.ok
+    decoded.add_columns(
+        index=members[good],
+        device_id=np.array(devices + [""], dtype=object)[device_codes[good]],
+        event_time_ms=event_time_ms[good],
+        seq=seq[good],
+        label=label[good],
+        cells=[_good_cells(members, good, *cell) for cell in cells],
+    )
+    return members[~good]
+
+
+def _good_cells(members: np.ndarray, good: np.ndarray, *cells: np.ndarray) -> _Cells:
+    """The readings of messages that decoded fully, indexed by input position."""
+    rows, codes, values = cells
+    keep = good[rows]
+    return members[rows[keep]], codes[keep], values[keep]
 
 
 def _read_body(value: bytes, writer: tuple[Any, bool], reader: Any) -> dict[str, Any]:
@@ -368,65 +411,130 @@ def _read_body(value: bytes, writer: tuple[Any, bool], reader: Any) -> dict[str,
         raise RecordDecodeError(f"{len(value) - body.tell()} bytes left over after the record")
     if not isinstance(record, dict):
         raise RecordDecodeError(f"decoded a {type(record).__name__}, not a record")
+    if record["label"] is not None and not -128 <= record["label"] <= 127:
+        raise RecordDecodeError(f"label {record['label']} out of range")
     return record
 
 
-def _to_batch(
-    records: list[tuple[int, dict[str, Any]]],
-    bad: list[BadMessage],
-    channels: tuple[str, ...] | None,
-    allow_missing: bool,
-) -> DecodeResult:
-    """Columns from decoded records, checking channels and finiteness per record."""
-    names = channels if channels is not None else _channels_seen(records)
-    position = {name: j for j, name in enumerate(names)}
-    values = np.full((len(records), len(names)), np.nan)
-    keep = np.ones(len(records), dtype=bool)
-    extra: set[str] = set()
-    for row, (i, record) in enumerate(records):
-        readings = record["channels"]
-        for name, reading in readings.items():
-            j = position.get(name)
-            if j is None:
-                extra.add(name)
-            else:
-                values[row, j] = reading
-        problem = _channel_problem(readings, names, channels is not None and not allow_missing)
-        if problem:
-            bad.append(BadMessage(i, problem[0], "ValueError", f"{record['device_id']}: {problem[1]}"))
-            keep[row] = False
-    kept = [r for r, k in zip(records, keep, strict=True) if k]
-    batch = TelemetryBatch(
-        device_id=np.array([r["device_id"] for _, r in kept], dtype=object),
-        event_time_ms=np.array([r["event_time"] for _, r in kept], dtype=np.int64),
-        seq=np.array([r["seq"] for _, r in kept], dtype=np.int64),
-        channels=names,
-        values=values[keep],
-        label=np.array([NO_LABEL if r["label"] is None else r["label"] for _, r in kept], dtype=np.int8),
-    )
-    bad.sort(key=lambda b: b.index)
-    return DecodeResult(batch, np.array([i for i, _ in kept], dtype=np.int64), bad, frozenset(extra))
+_Cells = tuple[np.ndarray, np.ndarray, np.ndarray]  # (input index, channel code, reading) per reading
 
 
-def _channel_problem(
-    readings: dict[str, float], names: tuple[str, ...], require_all: bool
-) -> tuple[str, str] | None:
-    if require_all:
-        missing = [name for name in names if name not in readings]
-        if missing:
-            return MISSING_CHANNEL, f"channels {missing} missing"
-    non_finite = [name for name, reading in readings.items() if not math.isfinite(reading)]
-    if non_finite:
-        return NON_FINITE, f"non-finite readings in {non_finite}"
-    return None
+class _Decoded:
+    """Readings decoded so far (column-wise and record by record), assembled into a batch at the end."""
+
+    def __init__(self) -> None:
+        self.names: dict[str, int] = {}
+        self.columns: dict[str, list[np.ndarray]] = {k: [] for k in _ROW_COLUMNS}
+        self.cells: list[_Cells] = []
+
+    def code(self, channel: str) -> int:
+        """The channel's number among all channels seen."""
+        return self.names.setdefault(channel, len(self.names))
+
+    def add_columns(self, cells: list[_Cells], **columns: np.ndarray) -> None:
+        """Rows decoded column-wise; ``cells`` are ``(input index, channel code, reading)`` triples."""
+        for name, column in columns.items():
+            self.columns[name].append(column)
+        self.cells += cells
+
+    def add_record(self, index: int, record: dict[str, Any]) -> None:
+        """One record decoded by fastavro."""
+        label = NO_LABEL if record["label"] is None else record["label"]
+        self.add_columns(
+            index=np.array([index]),
+            device_id=np.array([record["device_id"]], dtype=object),
+            event_time_ms=np.array([record["event_time"]]),
+            seq=np.array([record["seq"]]),
+            label=np.array([label]),
+            cells=[(
+                np.full(len(record["channels"]), index),
+                np.array([self.code(name) for name in record["channels"]], dtype=np.int64),
+                np.array(list(record["channels"].values()), dtype=np.float64),
+            )],
+        )
+
+    def result(
+        self, bad: list[BadMessage], channels: tuple[str, ...] | None, allow_missing: bool
+    ) -> DecodeResult:
+        """The batch in input order, after the per-record channel checks."""
+        joined = {
+            k: np.concatenate(v) if v else np.zeros(0, dtype=_ROW_COLUMNS[k]) for k, v in self.columns.items()
+        }
+        order = np.argsort(joined["index"], kind="stable")
+        joined = {k: v[order] for k, v in joined.items()}
+        index = joined["index"]
+        cell_index, cell_code, cell_value = (
+            np.concatenate([c[j] for c in self.cells]) if self.cells else np.zeros(0) for j in range(3)
+        )
+        contiguous = len(index) > 0 and index[-1] == len(index) - 1  # every message good, the usual case
+        cell_row = cell_index.astype(np.int64) if contiguous else np.searchsorted(index, cell_index)
+        cell_code = cell_code.astype(np.int64)
+        names, column_of = self._columns(channels, cell_row, cell_code)
+        column = column_of[cell_code] if len(cell_code) else np.zeros(0, dtype=np.int64)
+        kept = column >= 0
+        values = np.full((len(index), len(names)), np.nan)
+        present = np.zeros(values.shape, dtype=bool)
+        values[cell_row[kept], column[kept]] = cell_value[kept]
+        present[cell_row[kept], column[kept]] = True
+        non_finite_rows = cell_row[kept & ~np.isfinite(cell_value)]
+        problems = self._problems(names, present, non_finite_rows, channels, allow_missing)
+        devices = joined["device_id"]
+        for row, (reason, why) in problems.items():
+            bad.append(BadMessage(int(index[row]), reason, "ValueError", f"{devices[row]}: {why}"))
+        keep = np.ones(len(index), dtype=bool)
+        keep[list(problems)] = False
+        bad.sort(key=lambda b: b.index)
+        extra = frozenset(name for name, code in self.names.items() if column_of[code] < 0)
+        batch = TelemetryBatch(
+            device_id=devices[keep],
+            event_time_ms=joined["event_time_ms"][keep].astype(np.int64),
+            seq=joined["seq"][keep].astype(np.int64),
+            channels=names,
+            values=values[keep],
+            label=joined["label"][keep].astype(np.int8),
+        )
+        return DecodeResult(batch, index[keep].astype(np.int64), bad, extra)
+
+    def _columns(
+        self, channels: tuple[str, ...] | None, cell_row: np.ndarray, cell_code: np.ndarray
+    ) -> tuple[tuple[str, ...], np.ndarray]:
+        """The batch's channel names and, per channel code, its column (-1: not wanted)."""
+        by_code = list(self.names)
+        if channels is not None:
+            wanted = {name: j for j, name in enumerate(channels)}
+            return channels, np.array([wanted.get(name, -1) for name in by_code] + [-1], dtype=np.int64)
+        first_row = np.full(len(by_code), np.iinfo(np.int64).max)
+        np.minimum.at(first_row, cell_code, cell_row)
+        order = sorted(range(len(by_code)), key=lambda code: (first_row[code], code))  # first seen first
+        column_of = np.full(len(by_code) + 1, -1, dtype=np.int64)
+        column_of[order] = np.arange(len(order))
+        return tuple(by_code[code] for code in order), column_of
+
+    @staticmethod
+    def _problems(
+        names: tuple[str, ...],
+        present: np.ndarray,
+        non_finite_rows: np.ndarray,
+        channels: tuple[str, ...] | None,
+        allow_missing: bool,
+    ) -> dict[int, tuple[str, str]]:
+        problems: dict[int, tuple[str, str]] = {}
+        if channels is not None and not allow_missing:
+            for row in np.flatnonzero(~present.all(axis=1)).tolist():
+                missing = [name for name, here in zip(names, present[row], strict=True) if not here]
+                problems[row] = (MISSING_CHANNEL, f"channels {missing} missing")
+        for row in np.unique(non_finite_rows).tolist():
+            problems.setdefault(row, (NON_FINITE, "non-finite readings"))
+        return problems
 
 
-def _channels_seen(records: list[tuple[int, dict[str, Any]]]) -> tuple[str, ...]:
-    seen: dict[str, None] = {}
-    for _, record in records:
-        for name in record["channels"]:
-            seen.setdefault(name, None)
-    return tuple(seen)
+_ROW_COLUMNS = {
+    "index": np.int64,
+    "device_id": object,
+    "event_time_ms": np.int64,
+    "seq": np.int64,
+    "label": np.int64,
+}
 
 
 def _without_logical_types(schema: Any) -> Any:

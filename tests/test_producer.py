@@ -32,13 +32,21 @@ SUMMARY = re.compile(r"([\d,]+) of ([\d,]+) records delivered")
 
 def produce_cli(stack: Any, *args: str, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, "-m", "anomstream", "--log-format", "json", "produce", *args]
-    return subprocess.run(command, env=stack.env(), capture_output=True, text=True, timeout=timeout_s, check=False)
+    return subprocess.run(
+        command, env=stack.env(), capture_output=True, text=True, timeout=timeout_s, check=False
+    )
 
 
 def consume_all(stack: Any, topic: str, expected: int, timeout_s: float = 60) -> list[Message]:
     """Every message of ``topic`` (stops once ``expected`` arrived and a further second brings nothing)."""
-    consumer = Consumer({"bootstrap.servers": stack.bootstrap_servers, "group.id": f"{topic}_reader",
-                         "auto.offset.reset": "earliest", "enable.partition.eof": False})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": stack.bootstrap_servers,
+            "group.id": f"{topic}_reader",
+            "auto.offset.reset": "earliest",
+            "enable.partition.eof": False,
+        }
+    )
     consumer.subscribe([topic])
     messages: list[Message] = []
     deadline = time.monotonic() + timeout_s
@@ -115,7 +123,18 @@ def test_skipped_rows_are_counted_and_the_rest_delivered(stack: Any, topic: str,
 
 
 def test_synthetic_records_are_keyed_by_device_and_ordered(stack: Any, topic: str) -> None:
-    args = ("--source", "synthetic", "--devices", "20", "--records", "20000", "--seed", "4", "--limit", "15000")
+    args = (
+        "--source",
+        "synthetic",
+        "--devices",
+        "20",
+        "--records",
+        "20000",
+        "--seed",
+        "4",
+        "--limit",
+        "15000",
+    )
     result = produce_cli(stack, *args, "--topic", topic)
     assert result.returncode == 0, result.stderr
     assert delivered_in(result.stdout) == (15000, 15000)
@@ -173,9 +192,23 @@ def test_undeliverable_records_give_a_non_zero_exit(stack: Any, tiny_message_top
 
 
 def test_sigterm_flushes_in_flight_records_and_reports(stack: Any, topic: str) -> None:
-    command = [sys.executable, "-m", "anomstream", "produce", "--source", "synthetic", "--records", "1000000",
-               "--rate", "3000", "--topic", topic]
-    process = subprocess.Popen(command, env=stack.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    command = [
+        sys.executable,
+        "-m",
+        "anomstream",
+        "produce",
+        "--source",
+        "synthetic",
+        "--records",
+        "1000000",
+        "--rate",
+        "3000",
+        "--topic",
+        topic,
+    ]
+    process = subprocess.Popen(
+        command, env=stack.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     time.sleep(4.0)
     process.send_signal(signal.SIGTERM)
     stdout, stderr = process.communicate(timeout=90)
@@ -188,7 +221,9 @@ def test_sigterm_flushes_in_flight_records_and_reports(stack: Any, topic: str) -
 
 
 def test_a_full_local_queue_is_waited_out_without_loss(stack: Any, topic: str) -> None:
-    kafka = stack.kafka_settings.model_copy(update={"kafka_extra_config": {"queue.buffering.max.messages": "200"}})
+    kafka = stack.kafka_settings.model_copy(
+        update={"kafka_extra_config": {"queue.buffering.max.messages": "200"}}
+    )
     settings = ProducerSettings(source="synthetic", devices=7, records=5000, topic=topic)
     report = run_producer(settings, kafka, show_progress=False)
     assert report.ok and (report.produced, report.delivered) == (5000, 5000)

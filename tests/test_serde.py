@@ -67,7 +67,9 @@ def expected_record(batch: TelemetryBatch, i: int) -> dict[str, Any]:
         "device_id": batch.device_id[i],
         "event_time": int(batch.event_time_ms[i]),
         "seq": int(batch.seq[i]),
-        "channels": {c: float(v) for c, v in zip(batch.channels, batch.values[i], strict=True) if not np.isnan(v)},
+        "channels": {
+            c: float(v) for c, v in zip(batch.channels, batch.values[i], strict=True) if not np.isnan(v)
+        },
         "label": None if batch.label[i] == NO_LABEL else int(batch.label[i]),
     }
 
@@ -96,7 +98,9 @@ def test_round_trip_through_the_registry(registry: SchemaRegistryClient, subject
         assert np.array_equal(getattr(decoded, column), getattr(batch, column)), column
 
 
-def test_confluent_avro_deserializer_reads_our_bytes(registry: SchemaRegistryClient, subject_topic: str) -> None:
+def test_confluent_avro_deserializer_reads_our_bytes(
+    registry: SchemaRegistryClient, subject_topic: str
+) -> None:
     batch = sample_batch()
     values = TelemetryEncoder(registry, subject_topic).encode(batch)
     deserialize = AvroDeserializer(registry)
@@ -115,7 +119,7 @@ def test_bad_messages_are_classified_not_raised(registry: SchemaRegistryClient, 
     header = wire_header(encoder.schema_id)
     messages: list[bytes | None] = [
         good[0],
-        b"{\"device_id\": \"json\"}",  # not the wire format
+        b'{"device_id": "json"}',  # not the wire format
         None,  # a tombstone
         wire_header(2_000_000_000) + good[0][5:],  # an id the registry never issued
         header + b"\x08abcd",  # truncated: a string, then nothing
@@ -127,7 +131,14 @@ def test_bad_messages_are_classified_not_raised(registry: SchemaRegistryClient, 
 
     assert result.index.tolist() == [0, 7]
     reasons = {bad.index: bad.reason for bad in result.bad}
-    assert reasons == {1: BAD_MAGIC, 2: BAD_MAGIC, 3: UNKNOWN_SCHEMA, 4: UNDECODABLE, 5: UNDECODABLE, 6: BAD_MAGIC}
+    assert reasons == {
+        1: BAD_MAGIC,
+        2: BAD_MAGIC,
+        3: UNKNOWN_SCHEMA,
+        4: UNDECODABLE,
+        5: UNDECODABLE,
+        6: BAD_MAGIC,
+    }
     unknown = next(bad for bad in result.bad if bad.index == 3)
     assert unknown.schema_id == 2_000_000_000 and "2000000000" in unknown.message
     assert all(bad.exception_class and bad.message for bad in result.bad)
@@ -138,7 +149,9 @@ def test_missing_and_non_finite_channels(registry: SchemaRegistryClient, subject
     values = batch.values.copy()
     values[1, 2] = np.nan  # encoded without that channel
     values[2, 0] = np.inf
-    sent = TelemetryBatch(batch.device_id, batch.event_time_ms, batch.seq, batch.channels, values, batch.label)
+    sent = TelemetryBatch(
+        batch.device_id, batch.event_time_ms, batch.seq, batch.channels, values, batch.label
+    )
     messages = TelemetryEncoder(registry, subject_topic).encode(sent)
 
     strict = TelemetryDecoder(registry, channels=batch.channels).decode(messages)
@@ -201,8 +214,14 @@ def test_evolution_new_field_and_channel_read_with_old_reader(
 
     old = TelemetryEncoder(registry, subject_topic).encode(generate_fleet(FleetSpec(devices=1, records=1)))
     body = io.BytesIO()
-    new_record = {"device_id": "pump-7", "event_time": 1_700_000_000_000, "seq": 3, "label": 1, "site": "B2",
-                  "channels": {"sensor0": 1.5, "sensor9": 99.0}}
+    new_record = {
+        "device_id": "pump-7",
+        "event_time": 1_700_000_000_000,
+        "seq": 3,
+        "label": 1,
+        "site": "B2",
+        "channels": {"sensor0": 1.5, "sensor9": 99.0},
+    }
     fastavro.schemaless_writer(body, fastavro.parse_schema(v2), new_record)
     producer = Producer({"bootstrap.servers": stack.bootstrap_servers})
     for value in (old[0], wire_header(v2_id) + body.getvalue()):
@@ -215,8 +234,9 @@ def test_evolution_new_field_and_channel_read_with_old_reader(
     assert result.batch.device_id.tolist()[1] == "pump-7"
     assert result.batch.values[1].tolist() == [1.5]
     assert result.batch.label.tolist()[1] == 1
-    assert result.extra_channels == frozenset({"sensor1", "sensor2", "sensor3", "sensor4", "sensor5",
-                                               "sensor6", "sensor7", "sensor9"})
+    assert result.extra_channels == frozenset(
+        {"sensor1", "sensor2", "sensor3", "sensor4", "sensor5", "sensor6", "sensor7", "sensor9"}
+    )
 
     old_reader = AvroDeserializer(registry, schema_str=load_schema("telemetry"))
     record = old_reader(values[1], SerializationContext(subject_topic, MessageField.VALUE))
@@ -224,8 +244,9 @@ def test_evolution_new_field_and_channel_read_with_old_reader(
 
 
 def consume_values(bootstrap: str, topic: str, count: int, timeout_s: float = 30.0) -> list[bytes]:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"{topic}_reader",
-                         "auto.offset.reset": "earliest"})
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": f"{topic}_reader", "auto.offset.reset": "earliest"}
+    )
     consumer.subscribe([topic])
     values: list[bytes] = []
     deadline = time.monotonic() + timeout_s
@@ -262,8 +283,57 @@ def test_anomalies_encode_for_confluent_readers(registry: SchemaRegistryClient, 
     assert [(r["model"], r["model_version"]) for r in records] == [("iforest", 3)] * 2
     assert [r["contributions"] for r in records] == [{"Current": 0.75, "Pressure": 0.25}, {"Pressure": 1.0}]
     assert [(r["source_topic"], r["source_partition"], r["source_offset"]) for r in records] == [
-        ("telemetry", 4, 123456789), ("telemetry", 0, 0)]
+        ("telemetry", 4, 123456789),
+        ("telemetry", 0, 0),
+    ]
     assert [r["label"] for r in records] == [1, None]
     assert [r["seq"] for r in records] == [10, 20]
     assert [int(r["scored_at"].timestamp() * 1000) for r in records] == [1_700_000_002_000] * 2
     assert int(records[1]["event_time"].timestamp() * 1000) == 1_700_000_001_000
+
+
+def test_column_wise_decoding_agrees_with_fastavro_on_corrupt_input(
+    registry: SchemaRegistryClient, subject_topic: str
+) -> None:
+    """Truncated and bit-flipped messages: decoded exactly as fastavro reads them, or reported bad."""
+    encoder = TelemetryEncoder(registry, subject_topic)
+    clean = encoder.encode(sample_batch())
+    rng = np.random.default_rng(7)
+    messages = []
+    for value in clean[:400]:
+        damaged = bytearray(value)
+        if rng.random() < 0.3:
+            damaged = damaged[: rng.integers(5, len(damaged))]
+        for _ in range(rng.integers(0, 3)):
+            damaged[rng.integers(5, len(damaged))] = rng.integers(0, 256)
+        messages.append(bytes(damaged))
+    result = TelemetryDecoder(registry).decode(messages)
+    bad = {b.index: b.reason for b in result.bad}
+    rows = {int(i): r for r, i in enumerate(result.index)}
+    assert set(bad).isdisjoint(rows) and len(bad) + len(rows) == len(messages)
+
+    schema = fastavro.parse_schema(json.loads(load_schema("telemetry")))
+    for i, value in enumerate(messages):
+        body = io.BytesIO(value[5:])
+        record: dict[str, Any] | None
+        try:
+            record = fastavro.schemaless_reader(body, schema, None)  # type: ignore[assignment]
+            complete = body.tell() == len(value) - 5
+        except Exception:
+            record, complete = None, False
+        if record is None or not complete or not -128 <= (record["label"] or 0) <= 127:
+            assert bad.get(i) == UNDECODABLE, (i, record)
+        elif not all(np.isfinite(list(record["channels"].values()))):
+            assert bad.get(i) == NON_FINITE, (i, record)
+        else:
+            r = rows[i]
+            got = {
+                c: v
+                for c, v in zip(result.batch.channels, result.batch.values[r], strict=True)
+                if not np.isnan(v)
+            }
+            assert got == record["channels"], i
+            assert result.batch.device_id[r] == record["device_id"]
+            assert result.batch.seq[r] == record["seq"]
+            assert result.batch.label[r] == (NO_LABEL if record["label"] is None else record["label"])
+    assert 50 < len(bad) < 350  # the corruption did hit, and not everything
