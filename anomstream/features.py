@@ -6,6 +6,12 @@ training rows and turns any ``TelemetryBatch`` into a feature array:
 - the reading itself, standardised with the training mean and spread of each channel (a missing value is
   replaced by the trailing mean of its channel, or by the training mean when no recent value exists);
 - optionally rolling statistics per device over the last ``rolling`` readings (trailing mean and spread);
+- optionally (``detrend_persistent``) levels of persistent channels taken relative to their own recent past:
+  a channel whose training readings stay correlated ``rolling // 2`` readings apart (autocorrelation above
+  ``PERSISTENCE_CUTOFF``: a temperature that drifts with the ambient, say) wanders beyond any short
+  training period, so its level says little; such a channel is monitored through its change since the
+  window that ended ``rolling`` readings earlier, as an integrated series is differenced before it is
+  charted. Noisy, stationary channels (flow, vibration, current) keep their levels;
 - optionally a final standardisation of every feature with its training mean and spread;
 - optionally sliding windows of ``window`` consecutive feature rows per device, ``(n, W, F)``, for sequence
   models.
@@ -37,6 +43,7 @@ from anomstream.telemetry import TelemetryBatch
 logger = logging.getLogger(__name__)
 
 ROLLING_STATS = ("mean", "std")
+PERSISTENCE_CUTOFF = 0.5  # autocorrelation at lag rolling // 2 above which a channel counts as persistent
 _MIN_SCALE = 1e-6  # a channel that never moved in training gets this spread floor, relative to its level
 
 
@@ -51,6 +58,8 @@ class FeatureSpec:
         rolling: trailing readings per device for rolling statistics; 0 for none.
         rolling_stats: which rolling statistics, out of ``"mean"`` and ``"std"``.
         window: consecutive feature rows per device in one sample, for sequence models; 1 for point features.
+        detrend_persistent: measure the level of persistent channels against their own recent past (needs
+            ``rolling``; see the module docstring).
     """
 
     channels: tuple[str, ...]
@@ -59,6 +68,7 @@ class FeatureSpec:
     rolling: int = 0
     rolling_stats: tuple[str, ...] = ROLLING_STATS
     window: int = 1
+    detrend_persistent: bool = False
 
     def __post_init__(self) -> None:
         if not self.channels:
@@ -68,13 +78,16 @@ class FeatureSpec:
         unknown = set(self.rolling_stats) - set(ROLLING_STATS)
         if unknown:
             raise ModelError(f"FeatureSpec rolling_stats {sorted(unknown)} unknown; use {ROLLING_STATS}")
+        if self.detrend_persistent and self.rolling < 2:
+            raise ModelError("FeatureSpec detrend_persistent needs rolling >= 2 (the detrending horizon)")
         if not self.raw and not (self.rolling and self.rolling_stats):
             raise ModelError("FeatureSpec builds no feature: set raw=True or rolling > 0 with rolling_stats")
 
     @property
     def context(self) -> int:
         """Previous readings of the same device that a reading's features depend on."""
-        return max(self.rolling - 1, 0) + self.window - 1
+        detrend = self.rolling if self.detrend_persistent else 0
+        return max(self.rolling - 1, 0) + detrend + self.window - 1
 
     @property
     def blocks(self) -> tuple[str, ...]:
@@ -108,17 +121,19 @@ class FeatureSpec:
             rolling=int(d.get("rolling", 0)),
             rolling_stats=tuple(d.get("rolling_stats", ROLLING_STATS)),
             window=int(d.get("window", 1)),
+            detrend_persistent=bool(d.get("detrend_persistent", False)),
         )
 
 
 @dataclass(frozen=True)
 class _Scaling:
-    """Centre and spread of the raw channels (C,) and of the point features (F,)."""
+    """Centre and spread of the raw channels (C,) and of the point features (F,); persistent channels (C,)."""
 
     raw_center: np.ndarray
     raw_scale: np.ndarray
     feature_center: np.ndarray
     feature_scale: np.ndarray
+    persistent: np.ndarray  # 1.0 where the channel is detrended, else 0.0
 
     def to_dict(self) -> dict[str, list[float]]:
         return {k: [float(v) for v in getattr(self, k)] for k in self.__dataclass_fields__}
@@ -230,13 +245,18 @@ class FeaturePipeline:
         else:
             raw_center, raw_scale = np.zeros(n_channels), np.ones(n_channels)
         n_features = self.n_features
-        identity = _Scaling(raw_center, raw_scale, np.zeros(n_features), np.ones(n_features))
+        order, pos, table_row = _group_rows(batch.device_id, {})
+        persistent = np.zeros(n_channels)
+        if self.spec.detrend_persistent:
+            z = (values[order] - raw_center) / raw_scale
+            autocorr = _autocorrelation(z, pos, max(self.spec.rolling // 2, 1))
+            persistent = (autocorr > PERSISTENCE_CUTOFF).astype(np.float64)
+        identity = _Scaling(raw_center, raw_scale, np.zeros(n_features), np.ones(n_features), persistent)
         if not self.spec.standardise:
             return identity
-        order, pos, table_row = _group_rows(batch.device_id, {})
         points = self._point_features(values[order], pos, [identity], table_row[order], final=False)
         feature_center, feature_scale = _center_scale(points)
-        return _Scaling(raw_center, raw_scale, feature_center, feature_scale)
+        return _Scaling(raw_center, raw_scale, feature_center, feature_scale, persistent)
 
     def _point_features(
         self,
@@ -254,6 +274,7 @@ class FeaturePipeline:
         any_missing = bool(missing.any())
         points = np.empty((n, self.n_features))
         blocks = {block: points[:, i * n_channels : (i + 1) * n_channels] for i, block in enumerate(self.spec.blocks)}
+        mean = None
         if self.spec.rolling:
             mean, std = _trailing_mean_std(z, missing if any_missing else None, pos, self.spec.rolling)
             if any_missing:
@@ -267,10 +288,63 @@ class FeaturePipeline:
             z[missing] = 0.0
         if "raw" in blocks:
             blocks["raw"][:] = z
+        if self.spec.detrend_persistent and mean is not None:
+            # Persistent channels: levels relative to the trailing mean of the window ending K readings ago.
+            earlier = mean[np.arange(n) - np.minimum(pos, self.spec.rolling)]
+            persistent = _per_row(tables, "persistent", row_table) > 0.5
+            for block in ("raw", "rolling_mean"):
+                if block in blocks:
+                    np.subtract(blocks[block], earlier, out=blocks[block], where=persistent)
         if final:
             points -= _per_row(tables, "feature_center", row_table)
             points /= _per_row(tables, "feature_scale", row_table)
         return points
+
+
+def device_positions(device_id: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: its position among its device's rows in the batch (0 first), and that device's row count."""
+    order, pos, _ = _group_rows(device_id, {})
+    n = len(device_id)
+    position, count = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
+    position[order] = pos
+    starts = np.flatnonzero(pos == 0)
+    count[order] = np.repeat(np.diff(np.r_[starts, n]), np.diff(np.r_[starts, n]))
+    return position, count
+
+
+def trailing_mean(values: np.ndarray, device_id: np.ndarray, length: int) -> np.ndarray:
+    """Mean of each row's value and its ``length - 1`` predecessors of the same device (causal, exact).
+
+    The same summation as the rolling features, so a streaming caller holding ``length - 1`` previous
+    values per device gets bit-identical results whatever the batch boundaries.
+
+    Args:
+        values: ``(n,)`` or ``(n, k)`` float values in arrival order (each device's rows in ``seq`` order).
+        device_id: ``(n,)`` device of each row.
+        length: window length in readings (1 returns the values unchanged).
+    """
+    return _trailing_by_device(values, device_id, length, "mean")
+
+
+def trailing_max(values: np.ndarray, device_id: np.ndarray, length: int) -> np.ndarray:
+    """Maximum of each row's value and its ``length - 1`` predecessors of the same device (causal, exact)."""
+    return _trailing_by_device(values, device_id, length, "max")
+
+
+def _trailing_by_device(values: np.ndarray, device_id: np.ndarray, length: int, statistic: str) -> np.ndarray:
+    values = np.asarray(values, dtype=np.float64)
+    if length <= 1 or len(values) == 0:
+        return values.copy()
+    order, pos, _ = _group_rows(device_id, {})
+    grouped = values[order]
+    if statistic == "max":
+        result = _trailing_reduce(grouped, pos, length, np.maximum, -np.inf)
+    else:
+        counts = np.minimum(pos + 1, length).astype(np.float64)
+        result = _trailing_sum(grouped, pos, length) / counts.reshape((-1,) + (1,) * (values.ndim - 1))
+    out = np.empty_like(result)
+    out[order] = result
+    return out
 
 
 def _per_row(tables: list[_Scaling], name: str, row_table: np.ndarray) -> np.ndarray:
@@ -313,38 +387,57 @@ def _group_rows(device_id: np.ndarray, devices: dict[str, Any]) -> tuple[np.ndar
     return order, pos, table_row
 
 
-def _trailing_sum(values: np.ndarray, pos: np.ndarray, length: int) -> np.ndarray:
-    """Sum of each row and its ``length - 1`` predecessors of the same device (fewer at a device's start).
+def _autocorrelation(z: np.ndarray, pos: np.ndarray, lag: int) -> np.ndarray:
+    """Per column, the sample autocorrelation at ``lag`` within each device (grouped rows), ignoring NaN."""
+    later = np.flatnonzero(pos >= lag)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=RuntimeWarning)  # all-NaN columns give 0 below
+        deviation = z - np.nanmean(z, axis=0)
+        lagged = np.nansum(deviation[later] * deviation[later - lag], axis=0)
+        autocorr = lagged / np.nansum(deviation * deviation, axis=0)
+    return np.where(np.isfinite(autocorr), autocorr, 0.0)
 
-    A row's terms are always added in the same order, fixed by ``length`` alone, so its sum does not depend
-    on how far back the array starts as long as the array holds the row's own window: this is what makes
-    batch boundaries invisible (differences of cumulative sums would round differently per batch start).
-    Complete windows are summed by doubling (blocks of 1, 2, 4, ... rows), ``O(log length)`` passes.
+
+def _trailing_reduce(
+    values: np.ndarray, pos: np.ndarray, length: int, ufunc: np.ufunc = np.add, identity: float = 0.0
+) -> np.ndarray:
+    """Sum (or max, with ``np.maximum`` and ``-inf``) of each row and its ``length - 1`` predecessors of the
+    same device (fewer at a device's start), over device-grouped rows.
+
+    A row's terms are always combined in the same order, fixed by ``length`` alone, so its result does not
+    depend on how far back the array starts as long as the array holds the row's own window: this is what
+    makes batch boundaries invisible (differences of cumulative sums would round differently per batch
+    start). Complete windows are combined by doubling (blocks of 1, 2, 4, ... rows), ``O(log length)`` passes.
     """
     n = len(values)
     total = values.copy()
     if length > 1 and n >= length:
-        total[length - 1 :] = 0.0
+        total[length - 1 :] = identity
         block, size, offset = values, 1, 0
         while size <= length:
             if length & size:
                 # Block of `size` rows ending `offset` rows before the row (valid for rows >= length - 1).
-                total[length - 1 :] += block[length - 1 - offset : n - offset]
+                ufunc(total[length - 1 :], block[length - 1 - offset : n - offset], out=total[length - 1 :])
                 offset += size
             if 2 * size > length:
                 break
             doubled = block.copy()
-            doubled[size:] += block[: n - size]
+            ufunc(doubled[size:], block[: n - size], out=doubled[size:])
             block, size = doubled, 2 * size
-    # Warm-up rows (fewer than `length` readings so far): added newest first, masked at the device's start.
+    # Warm-up rows (fewer than `length` readings so far): newest first, masked at the device's start.
     warm = np.flatnonzero(pos < length - 1)
     if len(warm):
         warm_total = values[warm].copy()
         for k in range(1, length):
-            valid = (pos[warm] >= k)[:, None]
-            warm_total += values[np.maximum(warm - k, 0)] * valid
+            valid = (pos[warm] >= k).reshape((-1,) + (1,) * (values.ndim - 1))
+            ufunc(warm_total, np.where(valid, values[np.maximum(warm - k, 0)], identity), out=warm_total)
         total[warm] = warm_total
     return total
+
+
+def _trailing_sum(values: np.ndarray, pos: np.ndarray, length: int) -> np.ndarray:
+    """Trailing sum per device over device-grouped rows (see ``_trailing_reduce``)."""
+    return _trailing_reduce(values, pos, length)
 
 
 def _trailing_mean_std(

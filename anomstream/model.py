@@ -1,0 +1,433 @@
+"""The anomaly model: features + detector(s) + calibrated threshold(s), global or per device.
+
+``AnomalyModel.fit`` builds a ``FeaturePipeline`` and fits a detector on the training rows. With
+``per_device=True`` every device seen in training gets its own standardisation, detector and threshold,
+fitted on that device's rows alone (so a device's model is the same whether it was trained alone or with a
+fleet); scoring routes a reading to its device's detector and falls back to the global one, which is
+always fitted too (on all devices' rows), for devices unseen in training.
+
+Thresholds are calibrated on held-back normal data from the training range: the last
+``validation_fraction`` of each device's training rows is kept out of fitting, and the threshold is a high
+``quantile`` of those rows' scores times a ``margin``. Evaluation labels are never used.
+
+Scores are post-processed causally per device: a trailing mean over the last ``smoothing`` readings (noise
+reduction), then a trailing maximum over the last ``hold`` readings (an alarm off-delay, as alarm
+management practice (ISA-18.2) recommends against chattering: an alarm stays up ``hold - 1`` readings after
+the evidence fades, which also bridges short dips inside a long anomaly). Both are part of the model, and
+of its ``context``, so that the streaming scorer applies them exactly as offline evaluation does.
+
+``score(batch)`` expects the scorer's history rows (the last ``context`` readings of each
+device) followed by the new rows, and returns results for every row given; results of history rows are
+for the caller to drop.
+
+Persistence writes JSON, ``.npz`` arrays and (for the autoencoders) torch state dicts: no pickle anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from anomstream.detectors import Detector, detector_class, make_detector
+from anomstream.errors import ModelError, ModelIntegrityError
+from anomstream.features import FeaturePipeline, FeatureSpec, device_positions, trailing_max, trailing_mean
+from anomstream.telemetry import TelemetryBatch
+
+logger = logging.getLogger(__name__)
+
+MANIFEST = "model.json"
+FORMAT_VERSION = 1
+MIN_FIT_ROWS = 20  # a device with fewer training rows than this uses the global detector
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Feature, smoothing and calibration settings around a detector.
+
+    Attributes:
+        rolling: trailing readings per device for rolling mean/spread features (0: none).
+        rolling_stats: which rolling statistics (``"mean"``, ``"std"``).
+        raw: include the standardised reading itself.
+        window: consecutive feature rows per sample (sequence detectors), 1 for point detectors.
+        standardise: standardise with training statistics.
+        detrend_persistent: monitor persistent (drifting) channels through their recent change rather than
+            their level (see ``anomstream.features``).
+        smoothing: trailing readings the score is averaged over (1: no smoothing).
+        hold: trailing readings the smoothed score is maximised over (1: no hold).
+        validation_fraction: tail fraction of each device's training rows held back for calibration: the
+            most recent normal data, closest to what will be scored. (Out-of-fold calibration over blocks of
+            the whole training range was tried on SKAB and set thresholds less consistently.)
+        quantile: quantile of the validation scores the threshold starts from.
+        margin: factor applied to that quantile.
+    """
+
+    rolling: int = 0
+    rolling_stats: tuple[str, ...] = ("mean", "std")
+    raw: bool = True
+    window: int = 1
+    standardise: bool = True
+    detrend_persistent: bool = False
+    smoothing: int = 1
+    hold: int = 1
+    validation_fraction: float = 0.2
+    quantile: float = 0.99
+    margin: float = 1.0
+
+    def __post_init__(self) -> None:
+        windows_ok = self.smoothing >= 1 and self.hold >= 1
+        if not windows_ok or not 0.0 < self.validation_fraction < 1.0 or not 0.0 < self.quantile <= 1.0:
+            raise ModelError(
+                f"invalid model config: smoothing={self.smoothing}, hold={self.hold} (>= 1), validation_fraction="
+                f"{self.validation_fraction} (in (0, 1)), quantile={self.quantile} (in (0, 1])"
+            )
+        if self.margin <= 0.0:
+            raise ModelError(f"invalid model config: margin={self.margin} must be > 0")
+
+    def feature_spec(self, channels: tuple[str, ...]) -> FeatureSpec:
+        """The feature spec these settings describe for ``channels``."""
+        return FeatureSpec(
+            channels=channels,
+            standardise=self.standardise,
+            raw=self.raw,
+            rolling=self.rolling,
+            rolling_stats=self.rolling_stats,
+            window=self.window,
+            detrend_persistent=self.detrend_persistent,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form."""
+        d = asdict(self)
+        d["rolling_stats"] = list(self.rolling_stats)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        """Inverse of ``to_dict`` (unknown keys are an error)."""
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ModelError(f"unknown model settings {sorted(unknown)}; known: {sorted(known)}")
+        values = dict(d)
+        if "rolling_stats" in values:
+            values["rolling_stats"] = tuple(values["rolling_stats"])
+        return cls(**values)
+
+
+# One configuration per detector, used for every data set (see anomstream/skab_eval.py for the figures).
+DEFAULT_CONFIGS: dict[str, ModelConfig] = {
+    "iforest": ModelConfig(rolling=30, smoothing=10),
+    "pca": ModelConfig(rolling=30, smoothing=10),
+    "dense-ae": ModelConfig(rolling=30, smoothing=10),
+    "conv-ae": ModelConfig(window=32, smoothing=10),
+}
+DEFAULT_DETECTOR_PARAMS: dict[str, dict[str, Any]] = {
+    "iforest": {},
+    "pca": {},
+    "dense-ae": {"progress": False},
+    "conv-ae": {"progress": False},
+}
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    """Scores of a batch, one entry per row.
+
+    Attributes:
+        score: ``(n,)`` anomaly score after smoothing and hold; higher is more anomalous.
+        threshold: ``(n,)`` the threshold that applies to the row's device.
+        flagged: ``(n,)`` ``score > threshold``.
+        contributions: ``(n, C)`` share of each raw channel in the row's detector score (rows sum to 1);
+            computed for flagged rows only unless asked for all (other rows are 0).
+        raw_score: ``(n,)`` detector score before smoothing and hold.
+    """
+
+    score: np.ndarray
+    threshold: np.ndarray
+    flagged: np.ndarray
+    contributions: np.ndarray
+    raw_score: np.ndarray
+
+
+class AnomalyModel:
+    """A fitted feature pipeline, global detector and optional per-device detectors, with thresholds.
+
+    Build one with ``AnomalyModel.fit`` or ``AnomalyModel.load``.
+    """
+
+    def __init__(
+        self,
+        detector_name: str,
+        config: ModelConfig,
+        detector_params: dict[str, Any],
+        pipeline: FeaturePipeline,
+        global_detector: Detector,
+        global_threshold: float,
+        device_detectors: dict[str, Detector],
+        device_thresholds: dict[str, float],
+        seed: int,
+    ) -> None:
+        self.detector_name = detector_name
+        self.config = config
+        self.detector_params = detector_params
+        self.pipeline = pipeline
+        self.global_detector = global_detector
+        self.global_threshold = global_threshold
+        self.device_detectors = device_detectors
+        self.device_thresholds = device_thresholds
+        self.seed = seed
+
+    @property
+    def channels(self) -> tuple[str, ...]:
+        """Raw channels the model reads, in order."""
+        return self.pipeline.spec.channels
+
+    @property
+    def context(self) -> int:
+        """Previous readings per device a score depends on (features plus score smoothing)."""
+        return self.pipeline.context + self.config.smoothing - 1 + self.config.hold - 1
+
+    @property
+    def per_device(self) -> bool:
+        """Whether devices seen in training have their own detectors."""
+        return bool(self.device_detectors)
+
+    @classmethod
+    def fit(
+        cls,
+        batch: TelemetryBatch,
+        detector: str = "iforest",
+        per_device: bool = False,
+        seed: int = 0,
+        params: dict[str, Any] | None = None,
+    ) -> AnomalyModel:
+        """Fit features, detector(s) and thresholds on normal training rows.
+
+        Args:
+            batch: training rows of one or many devices (each device's rows in ``seq`` order).
+            detector: detector name (``iforest``, ``pca``, ``dense-ae``, ``conv-ae``).
+            per_device: also fit one detector per device on that device's rows.
+            seed: random seed; the same data and seed give the same model and scores.
+            params: overrides: keys of ``ModelConfig`` change the features, smoothing or calibration, any
+                other key is a detector hyper-parameter. Defaults: ``DEFAULT_CONFIGS[detector]`` and
+                ``DEFAULT_DETECTOR_PARAMS[detector]``.
+
+        Raises:
+            ModelError: unknown detector or parameter, or too few training rows.
+        """
+        detector_class(detector)  # unknown names fail before any work
+        config, detector_params = _split_params(detector, params or {})
+        pipeline = FeaturePipeline(config.feature_spec(batch.channels)).fit(batch, per_device=per_device)
+        features = pipeline.transform(batch)
+        position, count = device_positions(batch.device_id)
+        # Warm-up rows (partial feature windows) neither fit nor calibrate; nor do rows whose smoothing or hold
+        # window reaches back into warm-up rows.
+        usable = position >= np.minimum(pipeline.context, count // 4)
+        context = pipeline.context + config.smoothing - 1 + config.hold - 1
+        calibratable = position >= np.minimum(context, count // 4)
+        is_validation = position >= count - np.floor(count * config.validation_fraction)
+        fit_rows, validation_rows = usable & ~is_validation, calibratable & is_validation
+        if fit_rows.sum() < 2 or validation_rows.sum() < 1:
+            raise ModelError(
+                f"{len(batch)} training rows leave {int(fit_rows.sum())} to fit and {int(validation_rows.sum())} "
+                "to calibrate: give the trainer more training records"
+            )
+
+        def fit_one(rows: np.ndarray) -> tuple[Detector, float]:
+            model = make_detector(detector, **detector_params).fit(features[rows & fit_rows], seed=seed)
+            # Score the fit rows too: smoothing and hold of the first validation rows reach back into them.
+            processed = _postprocess(model.score(features[rows]), batch.device_id[rows], config)
+            threshold = _calibrate(processed[validation_rows[rows]], config)
+            model.threshold_ = threshold
+            return model, threshold
+
+        everything = np.ones(len(batch), dtype=bool)
+        global_detector, global_threshold = fit_one(everything)
+        device_detectors: dict[str, Detector] = {}
+        device_thresholds: dict[str, float] = {}
+        if per_device:
+            codes, devices = pd.factorize(batch.device_id)
+            for code, device in enumerate(devices):
+                rows = codes == code
+                if (rows & fit_rows).sum() < MIN_FIT_ROWS:
+                    logger.info("device %s has too few training rows; it will use the global detector", device)
+                    continue
+                if len(devices) == 1:
+                    # Same rows, same seed: the device's detector would be the global one again.
+                    device_detectors[str(device)], device_thresholds[str(device)] = global_detector, global_threshold
+                    continue
+                device_detectors[str(device)], device_thresholds[str(device)] = fit_one(rows)
+        logger.info(
+            "fitted %s on %d rows (%d devices with their own detector), threshold %.6g",
+            detector,
+            len(batch),
+            len(device_detectors),
+            global_threshold,
+        )
+        return cls(
+            detector,
+            config,
+            detector_params,
+            pipeline,
+            global_detector,
+            global_threshold,
+            device_detectors,
+            device_thresholds,
+            seed,
+        )
+
+    def score(self, batch: TelemetryBatch, explain: str = "flagged") -> ScoreResult:
+        """Score every row of ``batch`` (history rows first, then new rows).
+
+        Args:
+            batch: rows of one or many devices, each device's rows in ``seq`` order.
+            explain: compute channel contributions for ``"flagged"`` rows, ``"all"`` rows or ``"none"``.
+        """
+        if explain not in ("flagged", "all", "none"):
+            raise ModelError(f"explain={explain!r}: use 'flagged', 'all' or 'none'")
+        n = len(batch)
+        features = self.pipeline.transform(batch)
+        route = self._route(batch.device_id)
+        raw = np.empty(n)
+        threshold = np.empty(n)
+        detectors = self._detectors()
+        for index, rows in _groups(route):
+            detector, threshold[rows] = detectors[index]
+            raw[rows] = detector.score(features[rows])
+        score = _postprocess(raw, batch.device_id, self.config)
+        flagged = score > threshold
+        explained = {"flagged": flagged, "all": np.ones(n, dtype=bool), "none": np.zeros(n, dtype=bool)}[explain]
+        contributions = np.zeros((n, len(self.channels)))
+        for index, rows in _groups(np.where(explained, route, -1)):
+            if index >= 0:
+                contributions[rows] = self._channel_shares(detectors[index][0], features[rows])
+        return ScoreResult(score, threshold, flagged, contributions, raw)
+
+    def save(self, directory: str | Path) -> list[str]:
+        """Write the model into ``directory``; return the files written, relative to it."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        written = [f"global/{name}" for name in self.global_detector.save(directory / "global")]
+        devices: dict[str, dict[str, Any]] = {}
+        for i, (device, detector) in enumerate(self.device_detectors.items()):
+            if detector is self.global_detector:
+                folder = "global"
+            else:
+                folder = f"devices/{i:06d}"
+                written += [f"{folder}/{name}" for name in detector.save(directory / folder)]
+            devices[device] = {"folder": folder, "threshold": self.device_thresholds[device]}
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "detector": self.detector_name,
+            "detector_params": self.detector_params,
+            "config": self.config.to_dict(),
+            "seed": self.seed,
+            "features": self.pipeline.to_dict(),
+            "global_threshold": self.global_threshold,
+            "devices": devices,
+        }
+        (directory / MANIFEST).write_text(json.dumps(manifest, indent=1))
+        return [MANIFEST, *written]
+
+    @classmethod
+    def load(cls, directory: str | Path, device: str = "cpu") -> AnomalyModel:
+        """Read a model written by ``save``; detectors score on ``device`` (``cpu`` or ``cuda``).
+
+        Raises:
+            ModelIntegrityError: the manifest is missing, unreadable or of another format version.
+        """
+        directory = Path(directory)
+        try:
+            manifest = json.loads((directory / MANIFEST).read_text())
+        except (OSError, ValueError) as exc:
+            raise ModelIntegrityError(f"cannot read {directory / MANIFEST}: {exc}") from exc
+        if manifest.get("format_version") != FORMAT_VERSION:
+            raise ModelIntegrityError(
+                f"{directory / MANIFEST} has format version {manifest.get('format_version')}, this anomstream "
+                f"reads {FORMAT_VERSION}: retrain the model or upgrade"
+            )
+        try:
+            cls_ = detector_class(manifest["detector"])
+            loaded: dict[str, Detector] = {"global": cls_.load(directory / "global", device=device)}
+            for entry in manifest["devices"].values():
+                if entry["folder"] not in loaded:
+                    loaded[entry["folder"]] = cls_.load(directory / entry["folder"], device=device)
+            return cls(
+                manifest["detector"],
+                ModelConfig.from_dict(manifest["config"]),
+                manifest["detector_params"],
+                FeaturePipeline.from_dict(manifest["features"]),
+                loaded["global"],
+                float(manifest["global_threshold"]),
+                {d: loaded[e["folder"]] for d, e in manifest["devices"].items()},
+                {d: float(e["threshold"]) for d, e in manifest["devices"].items()},
+                int(manifest["seed"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelIntegrityError(f"{directory / MANIFEST} is incomplete or malformed: {exc!r}") from exc
+
+    def _detectors(self) -> list[tuple[Detector, float]]:
+        """Index 0: global; index i + 1: the i-th device with its own detector."""
+        return [(self.global_detector, self.global_threshold)] + [
+            (self.device_detectors[d], self.device_thresholds[d]) for d in self.device_detectors
+        ]
+
+    def _route(self, device_id: np.ndarray) -> np.ndarray:
+        """Per row, the index into ``_detectors()`` that scores it."""
+        codes, uniques = pd.factorize(device_id)
+        index = {d: i + 1 for i, d in enumerate(self.device_detectors)}
+        per_unique = np.array([index.get(str(d), 0) for d in uniques], dtype=np.int64)
+        return per_unique[codes] if len(codes) else np.zeros(0, dtype=np.int64)
+
+    def _channel_shares(self, detector: Detector, features: np.ndarray) -> np.ndarray:
+        """Detector contributions summed per raw channel and normalised to sum 1 per row."""
+        per_feature = np.maximum(detector.contributions(features), 0.0)
+        n_channels = len(self.channels)
+        per_channel = np.zeros((len(per_feature), n_channels))
+        for feature, channel in enumerate(self.pipeline.feature_channel):
+            per_channel[:, channel] += per_feature[:, feature]
+        total = per_channel.sum(axis=1, keepdims=True)
+        uniform = np.full_like(per_channel, 1.0 / n_channels)  # nothing to attribute: no channel stands out
+        return np.where(total > 0, per_channel / np.where(total > 0, total, 1.0), uniform)
+
+
+def _split_params(detector: str, params: dict[str, Any]) -> tuple[ModelConfig, dict[str, Any]]:
+    """Defaults for ``detector`` overridden by ``params``: config keys and detector hyper-parameters."""
+    config_keys = {f.name for f in fields(ModelConfig)}
+    overrides = {k: v for k, v in params.items() if k in config_keys}
+    if "rolling_stats" in overrides:
+        overrides["rolling_stats"] = tuple(overrides["rolling_stats"])
+    config = replace(DEFAULT_CONFIGS.get(detector, ModelConfig()), **overrides)
+    detector_params = {**DEFAULT_DETECTOR_PARAMS.get(detector, {})}
+    detector_params.update({k: v for k, v in params.items() if k not in config_keys})
+    return config, detector_params
+
+
+def _postprocess(raw: np.ndarray, device_id: np.ndarray, config: ModelConfig) -> np.ndarray:
+    """Causal per-device smoothing (trailing mean) then alarm hold (trailing max) of detector scores."""
+    return trailing_max(trailing_mean(raw, device_id, config.smoothing), device_id, config.hold)
+
+
+def _calibrate(validation_scores: np.ndarray, config: ModelConfig) -> float:
+    """Threshold: a high quantile of held-back normal scores, times the margin."""
+    finite = validation_scores[np.isfinite(validation_scores)]
+    if not len(finite):
+        raise ModelError("no finite validation scores to calibrate a threshold on: check the training data")
+    return float(np.quantile(finite, config.quantile) * config.margin)
+
+
+def _groups(keys: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    """Row indices per distinct key (one entry per key, not per row)."""
+    if not len(keys):
+        return []
+    order = np.argsort(keys, kind="stable")
+    sorted_keys = keys[order]
+    starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
+    ends = np.r_[starts[1:], len(keys)]
+    return [(int(sorted_keys[s]), order[s:e]) for s, e in zip(starts, ends, strict=True)]
