@@ -18,6 +18,8 @@ from anomstream import __version__
 COMMANDS: dict[str, tuple[str, str]] = {
     "stack": ("anomstream.stack.cli", "install, start and stop the local Kafka broker and Schema Registry"),
     "produce": ("producer.cli", "send a data set or a synthetic fleet to the telemetry topic"),
+    "train": ("trainer.cli", "fit a model on a window of the telemetry topic, evaluate it, publish it"),
+    "models": ("trainer.models_cli", "list, show, promote and roll back models in the model store"),
 }
 
 
