@@ -187,21 +187,23 @@ def produce_batches(
     stop = stop or threading.Event()
     pacer = Pacer(pacing or Pacing())
     start = time.monotonic()
+
+    def prepare(batch: TelemetryBatch) -> tuple[list[bytes], list[bytes], np.ndarray | None]:
+        return encode(batch), _keys(batch.device_id), pacer.due(batch)
+
+    chunks = (prepare(batch) for batch in _limited(batches, limit))
     try:
-        for batch in _limited(batches, limit):
-            if stop.is_set():
-                break
-            due = pacer.due(batch)
-            values = encode(batch)
-            keys = _keys(batch.device_id)
+        for values, keys, due in chunks:
             position = 0
-            while position < len(batch) and not stop.is_set():
-                end = _next_slice_end(due, position, len(batch), time.monotonic() - start, producer)
+            while position < len(values) and not stop.is_set():
+                end = _next_slice_end(due, position, len(values), time.monotonic() - start, producer)
                 if end > position:
                     _send_slice(producer, topic, keys[position:end], values[position:end], report)
                     position = end
                     if on_progress:
                         on_progress(report.produced)
+            if stop.is_set():
+                break
     finally:
         report.in_flight = producer.flush(_FLUSH_TIMEOUT_S)
         if report.in_flight:

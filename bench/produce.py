@@ -53,7 +53,7 @@ def main() -> int:
     parser.add_argument("--records", type=int, default=1_000_000, help="records per run (default 1,000,000)")
     parser.add_argument("--channels", type=int, default=8, help="channels per record (default 8)")
     parser.add_argument("--devices", type=int, default=100, help="synthetic devices (default 100)")
-    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds of each; best counts (default 2)")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of each; best counts (default 3)")
     parser.add_argument("--budget-s", type=float, default=240.0, help="stop starting rounds after this (default 240)")
     args = parser.parse_args()
     kafka = KafkaSettings()
