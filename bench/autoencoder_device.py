@@ -6,7 +6,8 @@ then times ``score`` on the same rows: ``(rows, F)`` feature rows for dense-ae a
 trailing windows for conv-ae (a strided view, converted chunk by chunk as a scorer's would be). The time of
 a run includes moving inputs to the device and results back; the best of ``--repeats`` runs after a warm-up
 counts, which evens out a machine shared with other work, and no new run starts once ``--budget-s`` is spent
-(the training is deliberately short: the weights' quality does not change the scoring time).
+(the training is deliberately short: the weights' quality does not change the scoring time; the first fit's
+time includes torch's one-time lazy imports of a few seconds).
 
 Prints a table, then one JSON object on the last line: ``cpu_dense_rows_per_s``, ``cpu_conv_rows_per_s``,
 ``cuda_dense_rows_per_s``, ``cuda_conv_rows_per_s``, ``cuda_vs_cpu_dense``, ``cuda_vs_cpu_conv`` and

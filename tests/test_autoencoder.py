@@ -274,3 +274,22 @@ def test_progress_bar_only_when_asked(dense_train: np.ndarray, capsys: pytest.Ca
     DenseAutoencoder(**settings, progress=True).fit(dense_train[:200])
     shown = capsys.readouterr().err
     assert "dense-ae" in shown and "epoch 2/2" in shown
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("detector_class", [DenseAutoencoder, ConvAutoencoder])
+def test_cuda_training_is_seeded_and_agrees_with_cpu_scoring(
+    detector_class: type[DenseAutoencoder] | type[ConvAutoencoder], dense_train: np.ndarray,
+    conv_train: np.ndarray, tmp_path: Path,
+) -> None:
+    if detector_class is DenseAutoencoder:
+        train, settings = dense_train[:600], {**TINY_DENSE, "max_epochs": 5, "device": "cuda"}
+    else:
+        train, settings = conv_train[:400], {**TINY_CONV, "max_epochs": 3, "device": "cuda"}
+    first = detector_class(**settings).fit(train, seed=3)
+    second = detector_class(**settings).fit(train, seed=3)
+    assert np.array_equal(first.score(train), second.score(train))
+    first.save(tmp_path)
+    on_cpu = detector_class.load(tmp_path, device="cpu")
+    # TF32 in cuDNN convolutions allows a small relative difference between devices.
+    np.testing.assert_allclose(on_cpu.score(train), first.score(train), rtol=5e-3)
