@@ -1,6 +1,6 @@
 """`anomstream produce`: send a data set or a synthetic fleet to the telemetry topic.
 
-Every flag defaults from an environment variable (shown in ``--help``). Exit status: 0 when every record
+Every flag defaults from an environment variable (shown in --help). Exit status: 0 when every record
 handed to Kafka was delivered (also after a SIGTERM, which flushes and stops), 1 when any record was not
 delivered or the input could not be read, 130 after Ctrl-C.
 """
@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from anomstream.config import KafkaSettings, add_settings_arguments, masked, settings_from_args
+from anomstream.config import KafkaSettings, add_settings_arguments, settings_from_args
 from anomstream.errors import ConfigError
 from anomstream.producer import ProduceReport, ProducerSettings, StopOnSignals, run_producer
 
@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
         settings.pacing()
     except (ValidationError, ValueError) as error:
         raise ConfigError(f"invalid produce settings: {error}") from error
-    log.info("producing with %s", masked(settings))
+    log.info("producing %s to %s", settings.source, settings.topic)
     report = ProduceReport(topic=settings.topic)
     with StopOnSignals() as signals:
         try:
