@@ -1,0 +1,90 @@
+"""The closing summary of `make run`: records in, anomalies out, dead letters, quality against the labels.
+
+Usage: ``python -m anomstream.run_summary --anomalies FILE.jsonl [--scorer-logs LOG ...]``, with the
+topics and model store given by the usual environment variables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import uuid
+from pathlib import Path
+
+import numpy as np
+from confluent_kafka import Consumer, TopicPartition
+from rich.console import Console
+from rich.table import Table
+
+from anomstream.config import KafkaSettings, ModelStoreSettings, TopicSettings
+from anomstream.kafka_config import consumer_config
+from anomstream.model_store import ModelStore
+from anomstream.topic_window import read_topic
+
+
+def count_committed(kafka: KafkaSettings, topic: str, timeout_s: float = 30.0) -> int:
+    """Committed records in ``topic`` (read_committed: transaction markers and aborted records excluded)."""
+    consumer = Consumer(consumer_config(kafka, f"anomstream-summary-{uuid.uuid4().hex[:8]}", "anomstream-summary"))
+    try:
+        partitions = consumer.list_topics(topic, timeout=timeout_s).topics[topic].partitions
+        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)[1] for p in partitions}
+        consumer.assign([TopicPartition(topic, p, 0) for p in partitions if ends[p] > 0])
+        count, done = 0, {p for p, end in ends.items() if end == 0}
+        while len(done) < len(partitions):
+            messages = consumer.consume(10_000, 2.0)
+            if not messages:  # the last offsets may be transaction markers, which are never delivered
+                break
+            for message in messages:
+                if message.error() is None:
+                    count += 1
+                    if (message.offset() or 0) + 1 >= ends[message.partition() or 0]:
+                        done.add(message.partition())
+        return count
+    finally:
+        consumer.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the summary table; exit 0."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--anomalies", type=Path, required=True, help="`anomstream tail --json` output")
+    parser.add_argument("--scorer-logs", type=Path, nargs="*", default=[], help="scorer logs (for metrics URLs)")
+    args = parser.parse_args(argv)
+    kafka, topics, store = KafkaSettings(), TopicSettings(), ModelStoreSettings()
+
+    telemetry = read_topic(kafka, topics.telemetry_topic, client_id="anomstream-summary")
+    labels = telemetry.batch.label
+    anomalies = [json.loads(line) for line in args.anomalies.read_text().splitlines() if line.startswith("{")]
+    flagged_labels = np.array([a.get("label") if a.get("label") is not None else -1 for a in anomalies])
+    tp = int((flagged_labels == 1).sum())
+    fp = int((flagged_labels == 0).sum())
+    positives = int((labels == 1).sum())
+    dead_letters = count_committed(kafka, topics.dlq_topic)
+
+    table = Table(title="anomstream run summary", show_header=False)
+    table.add_row("records in", f"{telemetry.records:,} on {topics.telemetry_topic}")
+    table.add_row("anomalies out", f"{len(anomalies):,} on {topics.anomaly_topic}")
+    table.add_row("dead letters", f"{dead_letters:,} on {topics.dlq_topic}")
+    if positives:
+        precision = tp / max(tp + fp, 1)
+        recall = tp / positives
+        table.add_row("labelled readings", f"{int((labels >= 0).sum()):,} ({positives:,} anomalous)")
+        table.add_row("precision / recall", f"{precision:.3f} / {recall:.3f} (TP {tp:,}, FP {fp:,})")
+    model_store = ModelStore(store.model_dir)
+    name = model_store.latest_name()
+    if name is not None:
+        version = model_store.current_version(name)
+        table.add_row("model", f"{name} v{version}")
+        for report in sorted((store.model_dir / name / str(version)).glob("report*.png")):
+            table.add_row("evaluation plot", str(report))
+    for log in args.scorer_logs:
+        urls = re.findall(r"https?://[\w.:-]+/metrics", log.read_text(errors="replace"))
+        if urls:
+            table.add_row(f"metrics ({log.stem})", urls[0] + " (while running)")
+    Console().print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
