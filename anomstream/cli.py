@@ -20,6 +20,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "produce": ("producer.cli", "send a data set or a synthetic fleet to the telemetry topic"),
     "train": ("trainer.cli", "fit a model on a window of the telemetry topic, evaluate it, publish it"),
     "models": ("trainer.models_cli", "list, show, promote and roll back models in the model store"),
+    "score": ("scorer.cli", "score the telemetry topic as a member of the scorer group (exactly-once)"),
+    "tail": ("scorer.tail_cli", "print the anomaly topic as a table or JSON lines (read_committed)"),
+    "eval": ("trainer.eval_cli", "evaluate detectors offline on labelled benchmark data (SKAB)"),
 }
 
 

@@ -1,0 +1,74 @@
+"""`anomstream score`: one member of the scorer consumer group (exactly-once by default).
+
+Every flag defaults from an environment variable (shown in ``--help``). Exit status: 0 after a SIGTERM
+(the batch in hand is finished and committed, the group left cleanly) or ``--idle-exit``; 1 on an error
+that retrying cannot fix (a fatal Kafka error, a bad setting); 130 after Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import Any
+
+from pydantic import ValidationError
+
+from anomstream.config import (
+    KafkaSettings,
+    ModelStoreSettings,
+    TopicSettings,
+    add_settings_arguments,
+    masked,
+    settings_from_args,
+)
+from anomstream.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+EPILOG = """examples:
+  anomstream score                                   # serve the latest model, exactly-once
+  anomstream score --model valve_iforest --idle-exit 15
+  ANOMSTREAM_DEVICE=cuda anomstream score --metrics-host 0.0.0.0 --metrics-port 9400
+"""
+
+
+def add_parser(subparsers: Any) -> None:
+    """Register ``score``."""
+    from anomstream.scoring.settings import ScorerSettings
+
+    parser = subparsers.add_parser(
+        "score",
+        help="score the telemetry topic as a member of the scorer group; anomalies to the anomaly topic",
+        description=__doc__,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_settings_arguments(parser, ScorerSettings)
+    add_settings_arguments(parser, TopicSettings)
+    add_settings_arguments(parser, ModelStoreSettings)
+    add_settings_arguments(parser, KafkaSettings)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run one scorer with the parsed flags; returns the exit status."""
+    from anomstream.model_store import ModelStore
+    from anomstream.producer import StopOnSignals
+    from anomstream.scorer import Scorer
+    from anomstream.scoring.settings import ScorerSettings
+
+    try:
+        settings = settings_from_args(ScorerSettings, args)
+        topics = settings_from_args(TopicSettings, args)
+        store = settings_from_args(ModelStoreSettings, args)
+        kafka = settings_from_args(KafkaSettings, args)
+    except (ValidationError, ValueError) as error:
+        raise ConfigError(f"invalid score settings: {error}") from error
+    log.info("scoring with %s", masked(settings))
+    with StopOnSignals() as signals:
+        scorer = Scorer(settings, kafka, topics, ModelStore(store.model_dir), stop=signals.event)
+        report = scorer.run()
+        if signals.signal_name:
+            report.stopped_by = signals.signal_name
+    print(report.summary(), flush=True)
+    return 130 if signals.signal_name == "SIGINT" else 0
