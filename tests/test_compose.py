@@ -255,17 +255,25 @@ def test_compose_services_find_anomalies_on_the_local_stack(translation: Transla
     assert any(model_dir.rglob("manifest.json")), f"the trainer published nothing under {model_dir}"
 
     scorers = [
-        subprocess.Popen(local["scorer"].argv, env=local["scorer"].env, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            local["scorer"].argv, env=local["scorer"].env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
         for _ in range(2)
     ]
+    summaries = []
     try:
         for scorer in scorers:
-            _, stderr = scorer.communicate(timeout=400)
+            stdout, stderr = scorer.communicate(timeout=400)
             assert scorer.returncode == 0, f"a scorer exited {scorer.returncode}:\n{stderr[-3000:]}"
+            summaries.append(stdout)
     finally:
         for scorer in scorers:
             if scorer.poll() is None:
                 scorer.kill()
+    # the group as a whole scored every record, however the partitions were shared between the two (a batch
+    # aborted in a rebalance is scored again by the next owner, so >=; duplicates are checked on the topic)
+    scored = [int(n.replace(",", "")) for text in summaries for n in re.findall(r"scored ([\d,]+) of", text)]
+    assert len(scored) == 2 and sum(scored) >= int(BOUNDED["producer"]["ANOMSTREAM_SYNTHETIC_RECORDS"]), summaries
 
     reader_env = local["scorer"].env  # the downstream reader sees the anomaly topic as the scorers wrote it
     tail = anomstream("tail", "--json", "--max", "1000000", "--timeout", "20", env=reader_env, timeout=120)
