@@ -1,0 +1,111 @@
+"""`anomstream tail`: print the anomaly topic (read_committed), as a table or as JSON lines.
+
+Without ``--group`` it reads every partition from the beginning and commits nothing, so it shows every
+anomaly committed so far; with ``--group`` it resumes where that group stopped. ``--max N`` and ``--timeout S``
+(seconds without a new record) make it stop by itself; otherwise it follows until Ctrl-C or SIGTERM.
+``--json`` prints one object per line: ``device_id``, ``event_time`` (ISO 8601, UTC), ``seq``, ``score``,
+``threshold``, ``model``, ``model_version``, ``label``, ``contributions``, the source ``topic``,
+``partition`` and ``offset``, and ``scored_at``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+from anomstream.config import KafkaSettings, TopicSettings, add_settings_arguments, settings_from_args
+
+EPILOG = """examples:
+  anomstream tail                          # follow, as a table
+  anomstream tail --json --timeout 15      # every anomaly so far, then stop after 15 s without one
+  anomstream tail --json --max 10 | jq .contributions
+"""
+
+
+def add_parser(subparsers: Any) -> None:
+    """Register ``tail``."""
+    parser = subparsers.add_parser(
+        "tail",
+        help="print the anomaly topic as a table or JSON lines (read_committed)",
+        description=__doc__,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
+    parser.add_argument("--max", type=int, default=None, metavar="N", help="stop after N anomalies")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=_env_float("ANOMSTREAM_TAIL_TIMEOUT"),
+        metavar="S",
+        help="stop after S seconds without a new anomaly [env: ANOMSTREAM_TAIL_TIMEOUT, default: follow]",
+    )
+    parser.add_argument(
+        "--group",
+        default=os.environ.get("ANOMSTREAM_TAIL_GROUP") or None,
+        help="consumer group to resume and commit with [env: ANOMSTREAM_TAIL_GROUP, default: none, read all]",
+    )
+    add_settings_arguments(parser, TopicSettings)
+    add_settings_arguments(parser, KafkaSettings)
+    parser.set_defaults(func=run)
+
+
+def _env_float(name: str) -> float | None:
+    value = os.environ.get(name)
+    return float(value) if value else None
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print anomalies until ``--max``, ``--timeout``, Ctrl-C or SIGTERM; returns the exit status."""
+    from anomstream.producer import StopOnSignals
+    from anomstream.tail import AnomalyReader
+
+    topics = settings_from_args(TopicSettings, args)
+    reader = AnomalyReader(settings_from_args(KafkaSettings, args), topics.anomaly_topic, args.group)
+    table = None if args.json else _Table()
+    with StopOnSignals() as signals:
+        for chunk in reader.rows(args.max, args.timeout, stop=signals.event.is_set):
+            if table is None:
+                sys.stdout.write("".join(json.dumps(row) + "\n" for row in chunk))
+                sys.stdout.flush()
+            else:
+                table.show(chunk)
+    return 130 if signals.signal_name == "SIGINT" else 0
+
+
+class _Table:
+    """Rows printed as they arrive, under one header (rich)."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+
+        self.console = Console()
+        if not self.console.is_terminal:  # piped: don't squeeze rows into 80 columns
+            self.console = Console(width=200)
+        self.first = True
+
+    def show(self, chunk: list[dict[str, Any]]) -> None:
+        from rich.table import Table
+
+        table = Table(show_header=self.first, box=None, pad_edge=False)
+        for name, justify in (("event time", "left"), ("device", "left"), ("score", "right"),
+                              ("threshold", "right"), ("model", "left"), ("top channels", "left"),
+                              ("label", "right"), ("source", "left")):  # fmt: skip
+            table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+        for row in chunk:
+            top = sorted(row["contributions"].items(), key=lambda item: -item[1])[:2]
+            table.add_row(
+                row["event_time"][:23].replace("T", " "),
+                row["device_id"],
+                f"{row['score']:.4f}",
+                f"{row['threshold']:.4f}",
+                f"{row['model']} v{row['model_version']}",
+                ", ".join(f"{name} {share:.0%}" for name, share in top),
+                "" if row["label"] is None else str(row["label"]),
+                f"p{row['partition']}@{row['offset']}",
+            )
+        self.console.print(table)
+        self.first = False
