@@ -6,14 +6,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
 from anomstream.errors import StackError
 from anomstream.stack import engine
-from anomstream.stack.compose_file import interpolate, parse_duration_ns, parse_port
-from anomstream.stack.docker_engine import ContainerSpec, container_specs, registry_url
+from anomstream.stack.compose_file import LABEL, interpolate, parse_duration_ns, parse_port
+from anomstream.stack.docker_engine import NETWORK, ContainerSpec, container_specs, create_kwargs, registry_url
 from anomstream.stack.settings import KAFKA_VERSION, StackSettings
 from tests.conftest import PROJECT_ROOT, Stack, anomstream
 
@@ -72,6 +73,47 @@ def test_health_checks_come_from_the_compose_file(specs: dict[str, ContainerSpec
     }
     registry = specs["schema-registry"].healthcheck
     assert registry is not None and "http://localhost:8081/subjects" in registry.test[1]
+
+
+def services_kafka_test() -> str:
+    return str(yaml.safe_load(COMPOSE.read_text())["services"]["kafka"]["healthcheck"]["test"][1])
+
+
+def test_the_sdk_sends_the_engine_what_the_compose_file_says(
+    monkeypatch: pytest.MonkeyPatch, specs: dict[str, ContainerSpec], settings: StackSettings
+) -> None:
+    """The Docker SDK's own argument handling, stopped at the HTTP call: the exact create request."""
+    import docker
+
+    client = docker.DockerClient(base_url=NO_ENGINE, version="1.45")  # a fixed version: no engine is asked
+    requests: dict[str, dict[str, Any]] = {}
+    monkeypatch.setattr(
+        client.api,
+        "create_container_from_config",
+        lambda config, name, platform=None: requests.update({name: config}) or {"Id": name},
+    )
+    monkeypatch.setattr(client.api, "inspect_container", lambda container_id: {"Id": container_id})
+    for spec in specs.values():
+        client.containers.create(spec.image, **create_kwargs(spec, client.api))
+    kafka = requests["anomstream-kafka"]
+    assert kafka["Image"] == f"apache/kafka:{KAFKA_VERSION}" and kafka["Hostname"] == "kafka"
+    assert kafka["HostConfig"] == {
+        "NetworkMode": NETWORK,
+        "PortBindings": {"19092/tcp": [{"HostIp": "127.0.0.1", "HostPort": "19192"}]},
+    }
+    assert kafka["NetworkingConfig"] == {"EndpointsConfig": {NETWORK: {"Aliases": ["kafka"]}}}
+    assert "KAFKA_ADVERTISED_LISTENERS=INTERNAL://kafka:9092,HOST://127.0.0.1:19192" in kafka["Env"]
+    assert kafka["Healthcheck"] == {
+        "Test": ["CMD-SHELL", services_kafka_test()],
+        "Interval": 10_000_000_000,
+        "Timeout": 10_000_000_000,
+        "Retries": 12,
+        "StartPeriod": 20_000_000_000,
+    }
+    assert kafka["Labels"] == {LABEL: str(settings.stack_dir), "io.anomstream.spec": specs["kafka"].digest}
+    registry = requests["anomstream-schema-registry"]
+    assert registry["HostConfig"]["PortBindings"] == {"8081/tcp": [{"HostIp": "127.0.0.1", "HostPort": "18181"}]}
+    assert registry["NetworkingConfig"] == {"EndpointsConfig": {NETWORK: {"Aliases": ["schema-registry"]}}}
 
 
 def test_a_change_in_the_compose_file_changes_the_spec(tmp_path: Path, settings: StackSettings) -> None:

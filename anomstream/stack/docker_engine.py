@@ -27,13 +27,14 @@ from anomstream.stack.servers import kafka_answers, registry_answers
 from anomstream.stack.settings import StackSettings
 
 if TYPE_CHECKING:
-    from docker import DockerClient
+    from docker import APIClient, DockerClient
 
 __all__ = [
     "STACK_SERVICES",
     "ContainerSpec",
     "HealthCheck",
     "container_specs",
+    "create_kwargs",
     "docker_client",
     "load_compose",
     "down",
@@ -78,6 +79,25 @@ def _our_containers(client: DockerClient, settings: StackSettings) -> list[Any]:
     return list(client.containers.list(all=True, filters={"label": f"{LABEL}={settings.stack_dir}"}))
 
 
+def create_kwargs(spec: ContainerSpec, api: APIClient) -> dict[str, Any]:
+    """The keyword arguments of ``client.containers.create`` for ``spec`` (its image aside).
+
+    The container joins :data:`NETWORK` under the compose service's names, so the addresses written in
+    the compose file (``kafka:9092``) resolve between the containers as they do under Compose.
+    """
+    return {
+        "command": spec.command,
+        "name": spec.name,
+        "hostname": spec.aliases[-1],
+        "environment": spec.environment,
+        "ports": spec.ports,
+        "healthcheck": spec.healthcheck.as_docker() if spec.healthcheck else None,
+        "labels": {**spec.labels, DIGEST_LABEL: spec.digest},
+        "network": NETWORK,
+        "networking_config": {NETWORK: api.create_endpoint_config(aliases=list(spec.aliases))},
+    }
+
+
 def _create(client: DockerClient, spec: ContainerSpec) -> Any:
     from docker.errors import ImageNotFound
 
@@ -85,18 +105,7 @@ def _create(client: DockerClient, spec: ContainerSpec) -> Any:
         logger.info("pulling %s", spec.image)
         client.images.pull(spec.image)
     try:
-        return client.containers.create(
-            spec.image,
-            command=spec.command,
-            name=spec.name,
-            hostname=spec.aliases[-1],
-            environment=spec.environment,
-            ports=spec.ports,
-            healthcheck=spec.healthcheck.as_docker() if spec.healthcheck else None,
-            labels={**spec.labels, DIGEST_LABEL: spec.digest},
-            network=NETWORK,
-            networking_config={NETWORK: client.api.create_endpoint_config(aliases=list(spec.aliases))},
-        )
+        return client.containers.create(spec.image, **create_kwargs(spec, client.api))
     except ImageNotFound as error:
         raise StackError(f"image {spec.image} not found: check the compose file's tag") from error
 
