@@ -112,7 +112,7 @@ def _create(client: DockerClient, spec: ContainerSpec) -> Any:
 
 def _ensure_container(client: DockerClient, spec: ContainerSpec) -> tuple[Any, bool]:
     """The running container for ``spec`` (created or restarted as needed) and whether we started it."""
-    from docker.errors import NotFound
+    from docker.errors import APIError, NotFound
 
     try:
         container = client.containers.get(spec.name)
@@ -127,7 +127,10 @@ def _ensure_container(client: DockerClient, spec: ContainerSpec) -> tuple[Any, b
         container = _create(client, spec)
     if container.status == "running":
         return container, False
-    container.start()
+    try:
+        container.start()
+    except APIError as error:  # most often a host port already taken (a JVM stack, another broker)
+        raise StackError(f"container {spec.name} could not start: {error.explanation or error}") from error
     return container, True
 
 
