@@ -39,6 +39,7 @@ import os
 import re
 import shutil
 import sys
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -188,8 +189,13 @@ class ModelStore:
             if version is None:
                 known = ", ".join(map(str, self.versions(name))) or "none"
                 raise ModelError(f"model {name!r} has no current version (stored: {known}); promote one")
-        manifest = self.verify(name, version)
-        model = AnomalyModel.load(self.path(name, version), device=device)
+        folder = self._existing(name, version)
+        manifest = _read_manifest(folder)
+        # Load from a private copy of the bytes that were verified: a file replaced on the shared folder
+        # between the check and the load cannot slip in.
+        with tempfile.TemporaryDirectory(prefix="anomstream-model-") as private:
+            _verify_files(folder, manifest, copy_to=Path(private))
+            model = AnomalyModel.load(private, device=device)
         return LoadedModel(name, int(version), model, manifest)
 
     def publish(
@@ -540,23 +546,31 @@ def _read_manifest(folder: Path) -> dict[str, Any]:
     return manifest
 
 
-def _verify_files(folder: Path, manifest: dict[str, Any]) -> None:
-    """Every listed file present with its size and sha256, and no file that is not listed."""
+def _verify_files(folder: Path, manifest: dict[str, Any], copy_to: Path | None = None) -> None:
+    """Every listed file present with its size and sha256, and no file that is not listed.
+
+    With ``copy_to``, the bytes checked are also written there (same relative paths).
+    """
     listed: dict[str, dict[str, Any]] = manifest["files"]
     for relative, expected in sorted(listed.items()):
         path = folder / relative
         if Path(relative).is_absolute() or ".." in Path(relative).parts:
             raise ModelIntegrityError(f"{folder / MANIFEST} lists {relative!r}, a path outside the version folder")
-        if not path.is_file():
-            raise ModelIntegrityError(f"{path} is missing (listed in {MANIFEST}): restore it or roll back")
-        actual = _sha256(path)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError as exc:
+            raise ModelIntegrityError(f"{path} is missing (listed in {MANIFEST}): restore it or roll back") from exc
+        actual = hashlib.sha256(data).hexdigest()
         if actual != expected.get("sha256"):
-            size, expected_size = path.stat().st_size, expected.get("bytes")
+            size, expected_size = len(data), expected.get("bytes")
             how = "truncated" if isinstance(expected_size, int) and size < expected_size else "modified"
             raise ModelIntegrityError(
                 f"{path} was {how}: sha256 {actual} ({size} bytes), the manifest expects "
                 f"{expected.get('sha256')} ({expected_size} bytes); nothing was loaded: roll back or republish"
             )
+        if copy_to is not None:
+            (copy_to / relative).parent.mkdir(parents=True, exist_ok=True)
+            (copy_to / relative).write_bytes(data)
     unlisted = sorted(set(_files_of(folder)) - set(listed))
     if unlisted:
         raise ModelIntegrityError(
