@@ -4,9 +4,10 @@ How much is read never depends on timing: the ranges are fixed before the first 
 watermarks at that moment and, for an event-time start, ``offsets_for_times``. The start offset it gives
 (the first record stamped at or after the start) is a safe lower bound for event time as long as a record's
 Kafka timestamp is not earlier than its event time, which holds both for producers that stamp records
-with their event time and for those that leave the broker's produce time (replayed history). The end is
-the high watermark captured at start; the caller filters rows by event time. Reading stops by itself when
-every partition's position reached its end, and gives up with an error when nothing moves for a while.
+with their event time and for those that leave the producer's clock time (replayed history); a slack of an
+hour covers device clocks running ahead. The end is the high watermark captured at start; the caller
+filters rows by event time. Reading stops by itself when every partition's position reached its end, and
+gives up with an error when nothing moves for a while.
 
 The decoded rows come back grouped by device (devices in sorted order), each device's rows in ``seq`` order
 (then partition and offset), with each row's partition and offset: a deterministic order, whatever the
@@ -34,6 +35,9 @@ from anomstream.telemetry import TelemetryBatch
 
 logger = logging.getLogger(__name__)
 
+# Devices whose clocks run ahead of the producer's host stamp records earlier than their event time; starting
+# this much before the window keeps them in (rows before the window are dropped by event time anyway).
+START_SLACK_MS = 3_600_000
 FETCH_MESSAGES = 10_000  # messages per consume() call: one decode call each
 # Large fetches: the reader wants throughput, and ends are fixed so over-fetching past them costs little.
 READER_OVERRIDES = {
@@ -104,7 +108,7 @@ def plan_ranges(
         }
         starts = {p: watermarks[p][0] for p in partitions}
         if start_ms is not None:
-            wanted = [TopicPartition(topic, p, start_ms) for p in partitions]
+            wanted = [TopicPartition(topic, p, start_ms - START_SLACK_MS) for p in partitions]
             for found in consumer.offsets_for_times(wanted, timeout=timeout_s):
                 if found.error is not None:
                     raise KafkaClientError(f"offsets_for_times on {topic}[{found.partition}]: {found.error.str()}")
