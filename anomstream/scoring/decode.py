@@ -156,8 +156,9 @@ def _strings(buf: np.ndarray, pos: np.ndarray, end: np.ndarray, ok: np.ndarray) 
     distinct, code = np.unique(matrix.view(f"V{width + 1}").ravel(), return_inverse=True)
     texts = np.empty(len(distinct), dtype=object)
     for i, raw in enumerate(distinct):
+        encoded = bytes(raw)
         try:
-            texts[i] = bytes(raw)[1:].decode()
+            texts[i] = encoded[1 : 1 + encoded[0]].decode()
         except UnicodeDecodeError:
             texts[i] = None
     strings = texts[code.ravel()] if len(code) else np.zeros(0, dtype=object)
