@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 from anomstream.config import TopicSettings
 from anomstream.model import AnomalyModel
@@ -120,6 +120,18 @@ def test_per_device_training_matches_fitting_each_skab_file_alone(stack: Any, to
         device = str(rows.device_id[0])
         assert model.device_thresholds[device] == alone.global_threshold
         assert np.array_equal(model.score(rows, explain="none").score, alone.score(rows, explain="none").score)
+
+
+def test_undecodable_records_are_skipped_and_counted(stack: Any, fleet_topics: TopicSettings) -> None:
+    producer = Producer({"bootstrap.servers": stack.bootstrap_servers})
+    for value in (b"not avro", b"\x00\x00\x00\x00\x01\xff", None):
+        producer.produce(fleet_topics.telemetry_topic, key=b"sim-0000", value=value)
+    assert producer.flush(30) == 0
+
+    windows = read_windows(TrainSettings(train_records=1000), stack.kafka_settings, fleet_topics.telemetry_topic)
+
+    assert len(windows.read.batch) == RECORDS and windows.read.records == RECORDS + 3
+    assert sum(windows.read.bad.values()) == 3 and windows.read.bad["bad-magic"] == 2
 
 
 def test_anomstream_train_and_models_commands(fleet_topics: TopicSettings, topic_env: dict[str, str]) -> None:
