@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from typing import Any
 
 from rich.console import Console
@@ -62,7 +63,8 @@ def add_parser(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the chosen action; returns the exit status."""
     store = ModelStore(settings_from_args(ModelStoreSettings, args).model_dir)
-    console = Console()
+    # piped output is not cut to 80 columns: the table stays readable in logs and CI
+    console = Console(width=None if sys.stdout.isatty() else 160)
     if args.models_action == "list":
         return _list(store, console, as_json=args.json)
     if args.models_action == "show":
@@ -98,7 +100,7 @@ def _list(store: ModelStore, console: Console, as_json: bool) -> int:
             "*" if row["current"] else "",
             str(row["detector"]),
             "yes" if row["per_device"] else "no",
-            str(row["created_at"]),
+            str(row["created_at"])[:16].replace("T", " "),
             f"{row['training_records']:,}" if row["training_records"] is not None else "",
             f"{row['f1']:.3f}" if row["f1"] is not None else "",
             f"{row['far']:.2f}" if row["far"] is not None else "",
