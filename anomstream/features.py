@@ -273,7 +273,8 @@ class FeaturePipeline:
         missing = np.isnan(z)
         any_missing = bool(missing.any())
         points = np.empty((n, self.n_features))
-        blocks = {block: points[:, i * n_channels : (i + 1) * n_channels] for i, block in enumerate(self.spec.blocks)}
+        width = n_channels
+        blocks = {block: points[:, i * width : (i + 1) * width] for i, block in enumerate(self.spec.blocks)}
         mean = None
         if self.spec.rolling:
             mean, std = _trailing_mean_std(z, missing if any_missing else None, pos, self.spec.rolling)

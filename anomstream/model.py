@@ -83,8 +83,9 @@ class ModelConfig:
         windows_ok = self.smoothing >= 1 and self.hold >= 1
         if not windows_ok or not 0.0 < self.validation_fraction < 1.0 or not 0.0 < self.quantile <= 1.0:
             raise ModelError(
-                f"invalid model config: smoothing={self.smoothing}, hold={self.hold} (>= 1), validation_fraction="
-                f"{self.validation_fraction} (in (0, 1)), quantile={self.quantile} (in (0, 1])"
+                f"invalid model config: smoothing={self.smoothing}, hold={self.hold} (>= 1), "
+                f"validation_fraction={self.validation_fraction} (in (0, 1)), "
+                f"quantile={self.quantile} (in (0, 1])"
             )
         if self.margin <= 0.0:
             raise ModelError(f"invalid model config: margin={self.margin} must be > 0")
@@ -120,12 +121,27 @@ class ModelConfig:
         return cls(**values)
 
 
-# One configuration per detector, used for every data set (see anomstream/skab_eval.py for the figures).
+# One configuration per detector, used for every data set. Shared features: per device, the trailing mean and
+# spread of the last 10 readings of every channel, persistent channels detrended, all standardised on the
+# training rows; scores averaged over 5 readings (noise) and held for 20 (alarm off-delay). The margins
+# differ because the score scales do: PCA's combined index and the autoencoders' squared errors grow with
+# the size of a deviation, Isolation Forest's score is bounded in (0, 1] and saturates. Figures on SKAB:
+# anomstream/skab_eval.py.
+_SHARED = ModelConfig(
+    rolling=10,
+    rolling_stats=("mean", "std"),
+    raw=False,
+    detrend_persistent=True,
+    smoothing=5,
+    hold=20,
+    validation_fraction=0.2,
+    quantile=0.99,
+)
 DEFAULT_CONFIGS: dict[str, ModelConfig] = {
-    "iforest": ModelConfig(rolling=30, smoothing=10),
-    "pca": ModelConfig(rolling=30, smoothing=10),
-    "dense-ae": ModelConfig(rolling=30, smoothing=10),
-    "conv-ae": ModelConfig(window=32, smoothing=10),
+    "iforest": replace(_SHARED, margin=1.05),
+    "pca": replace(_SHARED, margin=2.0),
+    "dense-ae": replace(_SHARED, margin=2.5),
+    "conv-ae": replace(_SHARED, window=32, margin=2.5),
 }
 DEFAULT_DETECTOR_PARAMS: dict[str, dict[str, Any]] = {
     "iforest": {},
@@ -226,8 +242,8 @@ class AnomalyModel:
         pipeline = FeaturePipeline(config.feature_spec(batch.channels)).fit(batch, per_device=per_device)
         features = pipeline.transform(batch)
         position, count = device_positions(batch.device_id)
-        # Warm-up rows (partial feature windows) neither fit nor calibrate; nor do rows whose smoothing or hold
-        # window reaches back into warm-up rows.
+        # Warm-up rows (partial feature windows) neither fit nor calibrate; nor do rows whose smoothing or
+        # hold window reaches back into warm-up rows.
         usable = position >= np.minimum(pipeline.context, count // 4)
         context = pipeline.context + config.smoothing - 1 + config.hold - 1
         calibratable = position >= np.minimum(context, count // 4)
@@ -235,8 +251,8 @@ class AnomalyModel:
         fit_rows, validation_rows = usable & ~is_validation, calibratable & is_validation
         if fit_rows.sum() < 2 or validation_rows.sum() < 1:
             raise ModelError(
-                f"{len(batch)} training rows leave {int(fit_rows.sum())} to fit and {int(validation_rows.sum())} "
-                "to calibrate: give the trainer more training records"
+                f"{len(batch)} training rows leave {int(fit_rows.sum())} to fit and "
+                f"{int(validation_rows.sum())} to calibrate: give the trainer more training records"
             )
 
         def fit_one(rows: np.ndarray) -> tuple[Detector, float]:
@@ -256,11 +272,12 @@ class AnomalyModel:
             for code, device in enumerate(devices):
                 rows = codes == code
                 if (rows & fit_rows).sum() < MIN_FIT_ROWS:
-                    logger.info("device %s has too few training rows; it will use the global detector", device)
+                    logger.info("device %s has too few training rows: it uses the global detector", device)
                     continue
                 if len(devices) == 1:
                     # Same rows, same seed: the device's detector would be the global one again.
-                    device_detectors[str(device)], device_thresholds[str(device)] = global_detector, global_threshold
+                    device_detectors[str(device)] = global_detector
+                    device_thresholds[str(device)] = global_threshold
                     continue
                 device_detectors[str(device)], device_thresholds[str(device)] = fit_one(rows)
         logger.info(
@@ -302,7 +319,7 @@ class AnomalyModel:
             raw[rows] = detector.score(features[rows])
         score = _postprocess(raw, batch.device_id, self.config)
         flagged = score > threshold
-        explained = {"flagged": flagged, "all": np.ones(n, dtype=bool), "none": np.zeros(n, dtype=bool)}[explain]
+        explained = {"flagged": flagged, "all": np.ones(n, bool), "none": np.zeros(n, bool)}[explain]
         contributions = np.zeros((n, len(self.channels)))
         for index, rows in _groups(np.where(explained, route, -1)):
             if index >= 0:
@@ -349,8 +366,8 @@ class AnomalyModel:
             raise ModelIntegrityError(f"cannot read {directory / MANIFEST}: {exc}") from exc
         if manifest.get("format_version") != FORMAT_VERSION:
             raise ModelIntegrityError(
-                f"{directory / MANIFEST} has format version {manifest.get('format_version')}, this anomstream "
-                f"reads {FORMAT_VERSION}: retrain the model or upgrade"
+                f"{directory / MANIFEST} has format version {manifest.get('format_version')}, this "
+                f"anomstream reads {FORMAT_VERSION}: retrain the model or upgrade"
             )
         try:
             cls_ = detector_class(manifest["detector"])

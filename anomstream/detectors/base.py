@@ -20,7 +20,8 @@ class Detector(ABC):
 
     ``X`` is ``(n, F)`` for point detectors, or ``(n, W, F)`` windows for sequence detectors
     (``window > 1`` in the feature spec). Contributions are per feature, ``(n, F)``; the model
-    (``anomstream.model``) sums them into per-channel shares with the feature pipeline's feature-to-channel map.
+    (``anomstream.model``) sums them into per-channel shares with the feature pipeline's feature-to-channel
+    map.
     """
 
     name: ClassVar[str]

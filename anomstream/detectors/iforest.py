@@ -105,7 +105,7 @@ class ForestArrays:
         """Raise ModelIntegrityError unless the arrays describe well-formed trees over ``n_features``."""
         shape = self.left.shape
         if any(getattr(self, f).shape != shape for f in self.FIELDS) or len(shape) != 2:
-            raise ModelIntegrityError(f"isolation forest arrays disagree in shape ({shape}): artifact damaged")
+            raise ModelIntegrityError(f"isolation forest arrays disagree in shape {shape}: artifact damaged")
         width = shape[1]
         internal = self.left >= 0
         bad_children = (self.left >= width) | (self.right >= width) | (internal & (self.right < 0))
@@ -173,7 +173,11 @@ class IsolationForestDetector(Detector):
 
     def params(self) -> dict[str, Any]:
         """Hyper-parameters."""
-        return {"n_estimators": self.n_estimators, "max_samples": self.max_samples, "max_features": self.max_features}
+        return {
+            "n_estimators": self.n_estimators,
+            "max_samples": self.max_samples,
+            "max_features": self.max_features,
+        }
 
     def save(self, directory: Path) -> list[str]:
         """Write ``iforest.npz`` (the trees) and ``iforest.json`` (parameters)."""
@@ -350,7 +354,8 @@ class _CompiledForest:
         for _ in range(self.max_depth):
             cell = row_offset + tb["feature"][node]
             value = flat_rows[cell]
-            go_right = torch.where(torch.isnan(value), tb["missing_right"][node], value > tb["threshold"][node])
+            go_right = value > tb["threshold"][node]
+            go_right = torch.where(torch.isnan(value), tb["missing_right"][node], go_right)
             child = tb["first_child"][node] + go_right.to(torch.int64)
             if credit:
                 gain = torch.where(tb["internal"][node], tb["c_node"][node] - 1.0 - tb["c_node"][child], zero)

@@ -52,8 +52,8 @@ class PCADetector(Detector):
     def __init__(self, variance: float = 0.9, alpha: float = 0.99, eigen_floor: float = 1e-3) -> None:
         if not 0.0 < variance <= 1.0 or not 0.0 < alpha < 1.0 or not 0.0 < eigen_floor < 1.0:
             raise ModelError(
-                f"pca needs 0 < variance <= 1, 0 < alpha < 1 and 0 < eigen_floor < 1; got variance={variance}, "
-                f"alpha={alpha}, eigen_floor={eigen_floor}"
+                "pca needs 0 < variance <= 1, 0 < alpha < 1 and 0 < eigen_floor < 1; got "
+                f"variance={variance}, alpha={alpha}, eigen_floor={eigen_floor}"
             )
         self.variance = variance
         self.alpha = alpha
