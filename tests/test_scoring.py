@@ -1,0 +1,163 @@
+"""The scorer's pure parts: columnar decode (against serde), batch-boundary independence, dead-letter headers,
+and the tensorised Isolation Forest the scorer uses (against scikit-learn)."""
+
+from __future__ import annotations
+
+import io
+import struct
+import uuid
+from typing import Any
+
+import fastavro
+import numpy as np
+import pytest
+from confluent_kafka.schema_registry import SchemaRegistryClient
+
+from anomstream.detectors.iforest import IsolationForestDetector, _CompiledForest
+from anomstream.model import AnomalyModel
+from anomstream.scoring.anomalies import score_batch
+from anomstream.scoring.decode import ColumnarTelemetryDecoder
+from anomstream.scoring.dlq import CONNECT_PREFIX, REASON_HEADER, SourceRecord, dead_letter
+from anomstream.scoring.state import DeviceHistory
+from anomstream.serde import NON_FINITE, BadMessage, TelemetryDecoder, TelemetryEncoder, load_schema, wire_header
+from anomstream.synthetic import FleetSpec, generate_fleet
+from anomstream.telemetry import NO_LABEL, TelemetryBatch
+
+
+@pytest.fixture
+def registry(stack: Any) -> SchemaRegistryClient:
+    return SchemaRegistryClient({"url": stack.registry_url})
+
+
+def _fleet(devices: int = 5, records: int = 3_000, seed: int = 3) -> TelemetryBatch:
+    batch = generate_fleet(FleetSpec(devices=devices, records=records, channels=4, seed=seed, anomaly_rate=0.03))
+    # device ids of different lengths and a non-ASCII one: the columnar string decoding must cut each exactly
+    names = np.array(["a", "device-two", "ü-3", "d4" * 20, ""], dtype=object)[: devices]
+    codes = np.unique(batch.device_id, return_inverse=True)[1]
+    label = batch.label.copy()
+    label[::7] = NO_LABEL
+    return TelemetryBatch(names[codes], batch.event_time_ms, batch.seq, batch.channels, batch.values, label)
+
+
+def _raw_record(schema_id: int, device: str, channels: dict[str, float], label: int | None = 1) -> bytes:
+    """A telemetry record written by fastavro (any map content, NaN included)."""
+    body = io.BytesIO()
+    record = {"device_id": device, "event_time": 1_700_000_000_000, "seq": 3, "channels": channels, "label": label}
+    fastavro.schemaless_writer(body, fastavro.parse_schema(_plain(load_schema("telemetry"))), record)
+    return wire_header(schema_id) + body.getvalue()
+
+
+def _plain(schema_text: str) -> Any:
+    import json
+
+    return json.loads(schema_text.replace('"logicalType": "timestamp-millis"', '"x": 0'))
+
+
+def test_columnar_decode_equals_serde_on_good_and_fuzzed_records(registry: SchemaRegistryClient) -> None:
+    encoder = TelemetryEncoder(registry, f"pytest_scoring_{uuid.uuid4().hex[:8]}")
+    batch = _fleet()
+    values: list[bytes | None] = list(encoder.encode(batch))
+    channels = batch.channels
+    rng = np.random.default_rng(7)
+    for i in rng.choice(len(values), 400, replace=False):
+        raw = values[i]
+        assert raw is not None
+        damaged = bytearray(raw)
+        kind = int(rng.integers(0, 7))
+        if kind == 0:
+            damaged = damaged[: int(rng.integers(0, len(damaged)))]
+        elif kind == 1:
+            damaged[0] = 1
+        elif kind == 2:
+            damaged[1:5] = struct.pack(">I", 987_654_321)
+        elif kind == 3:
+            damaged[int(rng.integers(5, len(damaged)))] = int(rng.integers(0, 256))
+        elif kind == 4:
+            damaged += b"\x00"
+        elif kind == 5:
+            damaged = bytearray(rng.bytes(int(rng.integers(0, 60))))
+        else:
+            damaged = bytearray(b"")
+        values[i] = bytes(damaged)
+    first = {name: 1.0 for name in channels}
+    values += [
+        None,
+        _raw_record(encoder.schema_id, "nan-device", first | {channels[1]: float("nan")}),
+        _raw_record(encoder.schema_id, "inf-device", first | {channels[2]: float("-inf")}, label=None),
+        _raw_record(encoder.schema_id, "short", {name: 2.0 for name in channels[:-1]}),
+        _raw_record(encoder.schema_id, "extra", first | {"unknown": 5.0}, label=0),
+        _raw_record(encoder.schema_id, "reordered", dict(reversed(list(first.items())))),
+    ]
+    fast = ColumnarTelemetryDecoder(registry, channels).decode(values)
+    slow = TelemetryDecoder(registry, channels).decode(values)
+    assert np.array_equal(fast.index, slow.index)
+    for column in ("device_id", "event_time_ms", "seq", "label"):
+        assert np.array_equal(getattr(fast.batch, column), getattr(slow.batch, column)), column
+    assert np.array_equal(fast.batch.values, slow.batch.values)
+    assert [(b.index, b.reason) for b in fast.bad] == [(b.index, b.reason) for b in slow.bad]
+    assert len(fast.bad) > 300 and NON_FINITE in {b.reason for b in fast.bad}
+    assert {"extra", "reordered", "ü-3", "", "d4" * 20} <= set(fast.batch.device_id)
+
+
+def _stream(model: AnomalyModel, batch: TelemetryBatch, sizes: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Score ``batch`` in consecutive chunks of the given sizes, as the scorer does; flags and scores."""
+    history = DeviceHistory(model.context, model.channels)
+    flagged, scores = np.zeros(len(batch), dtype=bool), np.full(len(batch), np.nan)
+    start = 0
+    partition = np.zeros(len(batch), dtype=np.int32)
+    for size in sizes:
+        chunk = batch.take(slice(start, start + size))
+        offset = np.arange(start, start + len(chunk))
+        scored = score_batch(model, "m", 1, history, chunk, "t", partition[: len(chunk)], offset, 0)
+        flagged[scored.anomalies.source_offset] = True
+        scores[scored.anomalies.source_offset] = scored.anomalies.score
+        history.advance(chunk, partition[: len(chunk)])
+        start += size
+    return flagged, scores
+
+
+@pytest.mark.parametrize("detector,params", [
+    ("iforest", {"n_estimators": 50}),
+    ("conv-ae", {"window": 8, "channels": [8, 4], "max_epochs": 2, "kernel_size": 3}),
+])  # fmt: skip
+def test_scores_do_not_depend_on_batch_boundaries(detector: str, params: dict[str, Any]) -> None:
+    batch = _fleet(devices=4, records=2_400, seed=5)
+    model = AnomalyModel.fit(batch.take(slice(0, 800)), detector, per_device=True, params=params)
+    offline = model.score(batch)
+    rng = np.random.default_rng(1)
+    sizes = [int(s) for s in rng.integers(1, 300, size=200)]
+    flagged, scores = _stream(model, batch, sizes)
+    assert offline.flagged.sum() > 5
+    assert np.array_equal(flagged, offline.flagged)
+    assert np.array_equal(scores[flagged], offline.score[flagged])  # bit for bit, whatever the boundaries
+
+
+def test_dead_letter_keeps_the_record_and_says_why() -> None:
+    record = SourceRecord("telemetry", 4, 1234, b"dev-1", b"\x01garbage", [("trace", b"abc"), ("empty", None)])
+    bad = BadMessage(0, "bad-magic", "ValueError", "not Confluent wire format")
+    letter = dead_letter(record, bad, "anomstream-scorer", "scorer-1")
+    assert letter["key"] == b"dev-1" and letter["value"] == b"\x01garbage"
+    headers = letter["headers"]
+    assert isinstance(headers, list)
+    assert headers[:2] == [("trace", b"abc"), ("empty", None)]
+    named = dict(headers[2:])
+    assert named[CONNECT_PREFIX + "topic"] == b"telemetry"
+    assert named[CONNECT_PREFIX + "partition"] == b"4"
+    assert named[CONNECT_PREFIX + "offset"] == b"1234"
+    assert named[CONNECT_PREFIX + "exception.class.name"] == b"ValueError"
+    assert named[CONNECT_PREFIX + "exception.message"] == b"not Confluent wire format"
+    assert named[CONNECT_PREFIX + "stage"] == b"VALUE_CONVERTER"
+    assert named[REASON_HEADER] == b"bad-magic"
+
+
+@pytest.mark.parametrize("max_features", [1.0, 0.5])
+def test_tensorised_isolation_forest_equals_scikit_learn(max_features: float) -> None:
+    rng = np.random.default_rng(11)
+    train = rng.normal(size=(3_000, 12)) * rng.uniform(0.1, 10, size=12)
+    test = np.vstack([rng.normal(size=(2_000, 12)) * 3, train[:500]])
+    detector = IsolationForestDetector(n_estimators=60, max_features=max_features).fit(train, seed=4)
+    reference = -detector._forest.score_samples(test)  # type: ignore[union-attr]
+    assert np.abs(detector.score_arrays(test) - reference).max() < 1e-6
+    arrays = detector._fitted_arrays()
+    torch_walk = _CompiledForest(arrays, "cpu:0")  # any device but "cpu" takes the torch traversal
+    assert np.abs(torch_walk.score(test.astype(np.float64)) - reference).max() < 1e-6
