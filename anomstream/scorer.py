@@ -53,7 +53,15 @@ LAG_EVERY_S = 1.0
 # aborted by the coordinator after transaction.timeout.ms, which bounds how long downstream read_committed
 # consumers can be held up by it.
 TRANSACTION_OVERRIDES = {"linger.ms": 5, "transaction.timeout.ms": 10_000, "partitioner": "murmur2_random"}
-CONSUMER_OVERRIDES = {"fetch.wait.max.ms": 20, "enable.partition.eof": False, "max.poll.interval.ms": 300_000}
+# A batch takes well under a second; a member that stops polling for a minute (or, killed, stops heartbeating
+# for 10 s) is dropped, so that rebalances never wait minutes for it and its partitions move on quickly.
+CONSUMER_OVERRIDES = {
+    "fetch.wait.max.ms": 20,
+    "enable.partition.eof": False,
+    "max.poll.interval.ms": 60_000,
+    "session.timeout.ms": 10_000,
+    "heartbeat.interval.ms": 2_000,
+}
 
 
 @dataclass

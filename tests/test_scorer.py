@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,6 +87,12 @@ class ScorerProcess:
         except subprocess.TimeoutExpired:
             self.process.kill()
             raise
+
+
+@pytest.fixture
+def scorer_env(topic_env: dict[str, str]) -> dict[str, str]:
+    """``topic_env`` with a consumer group of the test's own (a shared group would rebalance with others)."""
+    return topic_env | {"ANOMSTREAM_SCORER_GROUP": f"pytest-scorer-{uuid.uuid4().hex[:8]}"}
 
 
 @pytest.fixture
@@ -164,6 +171,7 @@ def test_streamed_skab_anomalies_equal_offline_flags(
     topics: TopicSettings,
     topic: str,
     topic_env: dict[str, str],
+    scorer_env: dict[str, str],
     tmp_path: Path,
     scorers: list[ScorerProcess],
     detector: str,
@@ -181,7 +189,7 @@ def test_streamed_skab_anomalies_equal_offline_flags(
     )
     train(training, kafka, topics.model_copy(update={"telemetry_topic": topic}), store, show_progress=False)
 
-    env = topic_env | {"ANOMSTREAM_KAFKA_EXTRA_CONFIG": FAST_GROUP}
+    env = scorer_env | {"ANOMSTREAM_KAFKA_EXTRA_CONFIG": FAST_GROUP}
     first = [start_scorer(scorers, env, tmp_path, "--idle-exit", "10") for _ in range(max(scorer_count - 1, 1))]
     for scorer in first:
         scorer.wait_for(r"assigned partitions \[\d")
@@ -246,7 +254,12 @@ def _bad_records(encoder: TelemetryEncoder, good: TelemetryBatch) -> list[tuple[
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_bad_records_go_to_the_dead_letter_topic_and_good_ones_are_scored(
-    stack: Any, topics: TopicSettings, topic_env: dict[str, str], tmp_path: Path, scorers: list[ScorerProcess]
+    stack: Any,
+    topics: TopicSettings,
+    topic_env: dict[str, str],
+    scorer_env: dict[str, str],
+    tmp_path: Path,
+    scorers: list[ScorerProcess],
 ) -> None:
     kafka = stack.kafka_settings
     fleet = generate_fleet(FleetSpec(devices=3, records=3_000, seed=9, anomaly_rate=0.03))
@@ -254,7 +267,8 @@ def test_bad_records_go_to_the_dead_letter_topic_and_good_ones_are_scored(
     model = AnomalyModel.fit(fleet.take(slice(0, 1_200)), "iforest", per_device=True, params=FAST_IFOREST)
     publish(store, "fleet", model, kafka, topics)
     encoder = TelemetryEncoder(kafka_registry(kafka), topics.telemetry_topic)
-    producer = Producer({"bootstrap.servers": kafka.bootstrap_servers, "partitioner": PRODUCER_OVERRIDES["partitioner"]})
+    partitioner = PRODUCER_OVERRIDES["partitioner"]  # as `anomstream produce` keys devices to partitions
+    producer = Producer({"bootstrap.servers": kafka.bootstrap_servers, "partitioner": partitioner})
     delivered: dict[bytes, tuple[int, int]] = {}
 
     def remember(error: Any, message: Any) -> None:
@@ -271,7 +285,7 @@ def test_bad_records_go_to_the_dead_letter_topic_and_good_ones_are_scored(
             producer.produce(topics.telemetry_topic, value=value, key=key, headers=headers, on_delivery=remember)
     assert producer.flush(30) == 0
 
-    scorer = start_scorer(scorers, topic_env, tmp_path, "--idle-exit", "6")
+    scorer = start_scorer(scorers, scorer_env, tmp_path, "--idle-exit", "6")
     assert scorer.finish() == 0
     assert sum("loaded model" in m for m in scorer.messages()) == 1  # one process, never restarted
     assert any("scored 3,000 of 3,005 records" in m for m in scorer.messages())
@@ -323,7 +337,12 @@ def read_all(kafka: KafkaSettings, topic: str) -> list[dict[str, Any]]:
 @pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_a_new_model_is_picked_up_mid_stream_and_a_corrupted_one_refused(
-    stack: Any, topics: TopicSettings, topic_env: dict[str, str], tmp_path: Path, scorers: list[ScorerProcess]
+    stack: Any,
+    topics: TopicSettings,
+    topic_env: dict[str, str],
+    scorer_env: dict[str, str],
+    tmp_path: Path,
+    scorers: list[ScorerProcess],
 ) -> None:
     kafka = stack.kafka_settings
     spec = FleetSpec(devices=6, records=36_000, seed=4, anomaly_rate=0.03)
@@ -333,9 +352,9 @@ def test_a_new_model_is_picked_up_mid_stream_and_a_corrupted_one_refused(
     v1 = AnomalyModel.fit(training, "iforest", per_device=True, params=FAST_IFOREST)
     v2 = AnomalyModel.fit(training, "iforest", per_device=True, params=FAST_IFOREST | {"quantile": 0.95}, seed=1)
     publish(store, "fleet", v1, kafka, topics)
-    scorer = start_scorer(scorers, topic_env, tmp_path, "--idle-exit", "8")
+    scorer = start_scorer(scorers, scorer_env, tmp_path, "--idle-exit", "8")
     scorer.wait_for(r"assigned partitions \[\d")
-    port = int(scorer.wait_for(r"metrics on http://").split(":")[-1].split("/")[0])
+    port = int(re.findall(r"http://127\.0\.0\.1:(\d+)/", scorer.wait_for(r"metrics on http://"))[0])
 
     producing = _produce_in_background(kafka, topics.telemetry_topic, *_fleet_args(spec, rate=3_000))
     time.sleep(3)
@@ -389,7 +408,12 @@ def _produce_in_background(kafka: KafkaSettings, topic: str, *args: str) -> subp
 @pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_sigkill_of_one_scorer_leaves_no_duplicate_and_no_gap(
-    stack: Any, topics: TopicSettings, topic_env: dict[str, str], tmp_path: Path, scorers: list[ScorerProcess]
+    stack: Any,
+    topics: TopicSettings,
+    topic_env: dict[str, str],
+    scorer_env: dict[str, str],
+    tmp_path: Path,
+    scorers: list[ScorerProcess],
 ) -> None:
     kafka = stack.kafka_settings
     spec = FleetSpec(devices=12, records=36_000, seed=6, anomaly_rate=0.03)
@@ -397,7 +421,7 @@ def test_sigkill_of_one_scorer_leaves_no_duplicate_and_no_gap(
     store = ModelStore(topic_env["ANOMSTREAM_MODEL_DIR"])
     model = AnomalyModel.fit(fleet.take(slice(0, 6_000)), "iforest", per_device=True, params=FAST_IFOREST)
     publish(store, "fleet", model, kafka, topics)
-    env = topic_env | {"ANOMSTREAM_KAFKA_EXTRA_CONFIG": FAST_GROUP}
+    env = scorer_env | {"ANOMSTREAM_KAFKA_EXTRA_CONFIG": FAST_GROUP}
     victim = start_scorer(scorers, env, tmp_path, "--idle-exit", "12", "--batch-timeout", "0.2")
     survivor = start_scorer(scorers, env, tmp_path, "--idle-exit", "12", "--batch-timeout", "0.2")
     for scorer in (victim, survivor):
