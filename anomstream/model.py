@@ -43,7 +43,7 @@ logger = logging.getLogger(__name__)
 
 MANIFEST = "model.json"
 FORMAT_VERSION = 1
-MIN_FIT_ROWS = 20  # a device with fewer training rows than this uses the global detector
+MIN_FIT_ROWS = 20  # fewest rows a detector is fitted on (a device with fewer uses the global detector)
 
 
 @dataclass(frozen=True)
@@ -249,7 +249,7 @@ class AnomalyModel:
         calibratable = position >= np.minimum(context, count // 4)
         is_validation = position >= count - np.floor(count * config.validation_fraction)
         fit_rows, validation_rows = usable & ~is_validation, calibratable & is_validation
-        if fit_rows.sum() < 2 or validation_rows.sum() < 1:
+        if fit_rows.sum() < MIN_FIT_ROWS or validation_rows.sum() < 1:
             raise ModelError(
                 f"{len(batch)} training rows leave {int(fit_rows.sum())} to fit and "
                 f"{int(validation_rows.sum())} to calibrate: give the trainer more training records"

@@ -20,9 +20,13 @@ Per-feature contributions (path-based attribution). In a tree, a sample at a nod
 changes it to ``d + 1 + c(n')``. The difference ``c(n) - 1 - c(n')`` is how much that split shortened the
 expected path (negative when the sample follows the crowd), and it is credited to the split's feature.
 Along a path the credits telescope to ``c(psi) - h(x)``, so averaged over trees a sample's credits sum to
-``c(psi) - E[h(x)]``: exactly how much faster than an average point it was isolated, the quantity the score
-is a monotone function of. A feature's contribution is its mean credit over the trees, clipped at zero
-(features whose splits made the path longer contributed nothing to the anomaly).
+``c(psi) - E[h(x)]``, the quantity the score is a monotone function of. Even typical points collect
+non-zero credits on some features (a feature whose random splits tend to cut off small tails credits every
+point that follows the crowd negatively, and so on), so, as SHAP-style attributions do with a baseline, the
+mean credit of each feature over the training rows is subtracted: the corrected credits sum to
+``E_train[h] - E[h(x)]``, how much faster than a typical training point ``x`` was isolated. A feature's
+contribution is its corrected mean credit, clipped at zero (features whose splits made the path longer than
+usual contributed nothing to the anomaly).
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ ARRAYS_FILE = "iforest.npz"
 PARAMS_FILE = "iforest.json"
 _CPU_CHUNK_ELEMENTS = 1 << 19  # rows x trees per traversal chunk: node arrays stay in cache
 _GPU_CHUNK_ELEMENTS = 1 << 25
+_BASELINE_ROWS = 2048
 
 
 def average_path_length(n_samples: np.ndarray) -> np.ndarray:
@@ -132,6 +137,7 @@ class IsolationForestDetector(Detector):
         self.max_features = max_features
         self.threshold_ = float("nan")
         self.n_features_: int = 0
+        self.credit_baseline_ = np.zeros(0)
         self.device = "cpu"
         self._forest: IsolationForest | None = None
         self._arrays: ForestArrays | None = None
@@ -150,6 +156,9 @@ class IsolationForestDetector(Detector):
         ).fit(rows)
         self.n_features_ = rows.shape[1]
         self._set_arrays(ForestArrays.from_sklearn(self._forest))
+        # Baseline credits of typical points (a bounded sample of the training rows keeps fit cheap).
+        sample = rows[np.random.default_rng(seed).permutation(len(rows))[:_BASELINE_ROWS]]
+        self.credit_baseline_ = self._compiled_forest().credits(sample).mean(axis=0)
         return self
 
     def score(self, X: np.ndarray) -> np.ndarray:
@@ -166,7 +175,7 @@ class IsolationForestDetector(Detector):
     def contributions(self, X: np.ndarray) -> np.ndarray:
         """Path-based attribution per feature (see the module docstring), ``(n, F)`` (``(n, W*F)`` folded)."""
         flat = self._check_rows(X)
-        credit = self._compiled_forest().credits(flat)
+        credit = self._compiled_forest().credits(flat) - self.credit_baseline_
         if X.ndim == 3:
             credit = credit.reshape(X.shape).sum(axis=1)
         return np.maximum(credit, 0.0)
@@ -185,7 +194,11 @@ class IsolationForestDetector(Detector):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         with open(directory / ARRAYS_FILE, "wb") as fh:
-            np.savez(fh, **{f: getattr(arrays, f) for f in ForestArrays.FIELDS})
+            np.savez(
+                fh,
+                credit_baseline=self.credit_baseline_,
+                **{f: getattr(arrays, f) for f in ForestArrays.FIELDS},
+            )
         state = {
             "detector": self.name,
             "params": self.params(),
@@ -204,6 +217,7 @@ class IsolationForestDetector(Detector):
             state = json.loads((directory / PARAMS_FILE).read_text())
             with np.load(directory / ARRAYS_FILE, allow_pickle=False) as npz:
                 fields = {f: npz[f] for f in ForestArrays.FIELDS}
+                credit_baseline = np.asarray(npz["credit_baseline"], dtype=np.float64)
         except (OSError, ValueError, KeyError) as exc:
             raise ModelIntegrityError(f"cannot read isolation forest from {directory}: {exc}") from exc
         detector = cls(**state["params"])
@@ -211,6 +225,9 @@ class IsolationForestDetector(Detector):
         detector.threshold_ = float("nan") if state.get("threshold") is None else float(state["threshold"])
         arrays = ForestArrays(**fields, max_samples=int(state["max_samples_"]))
         arrays.check(detector.n_features_)
+        if credit_baseline.shape != (detector.n_features_,):
+            raise ModelIntegrityError(f"isolation forest credit baseline in {directory} has the wrong shape")
+        detector.credit_baseline_ = credit_baseline
         detector.device = device
         detector._set_arrays(arrays)
         return detector

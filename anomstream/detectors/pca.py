@@ -49,7 +49,7 @@ class PCADetector(Detector):
 
     name = "pca"
 
-    def __init__(self, variance: float = 0.9, alpha: float = 0.99, eigen_floor: float = 1e-3) -> None:
+    def __init__(self, variance: float = 0.9, alpha: float = 0.99, eigen_floor: float = 1e-6) -> None:
         if not 0.0 < variance <= 1.0 or not 0.0 < alpha < 1.0 or not 0.0 < eigen_floor < 1.0:
             raise ModelError(
                 "pca needs 0 < variance <= 1, 0 < alpha < 1 and 0 < eigen_floor < 1; got "

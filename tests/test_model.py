@@ -1,0 +1,192 @@
+"""AnomalyModel: per-device routing and fallback, calibration, streaming equivalence, persistence, seeds."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import numpy as np
+import pytest
+
+from anomstream.errors import ModelError, ModelIntegrityError
+from anomstream.features import device_positions
+from anomstream.model import DEFAULT_CONFIGS, MANIFEST, AnomalyModel, ModelConfig
+from anomstream.telemetry import TelemetryBatch
+
+CHANNELS = ("flow", "pressure", "vibration")
+FAST_IFOREST = {"n_estimators": 25}
+
+
+def readings(devices: dict[str, float], n: int, seed: int, start: int = 0) -> TelemetryBatch:
+    """Interleaved readings of devices, each around its own level (``devices``: id -> level)."""
+    rng = np.random.default_rng(seed)
+    names = list(devices)
+    device = np.array(names, dtype=object)[rng.integers(0, len(names), n)]
+    level = np.array([devices[d] for d in device])
+    seq = np.zeros(n, dtype=np.int64)
+    for d in names:
+        seq[device == d] = start + np.arange((device == d).sum())
+    values = level[:, None] * np.array([1.0, 0.5, 0.1]) + rng.normal(size=(n, 3)) * level[:, None] * 0.02
+    return TelemetryBatch(device, seq * 1000, seq, CHANNELS, values, np.zeros(n, dtype=np.int8))
+
+
+FLEET = {"pump-a": 10.0, "pump-b": 100.0, "pump-c": 1000.0}
+
+
+@pytest.fixture(scope="module")
+def fleet_model() -> AnomalyModel:
+    return AnomalyModel.fit(readings(FLEET, 3000, seed=0), "pca", per_device=True, seed=0)
+
+
+def test_every_trained_device_gets_its_own_detector_and_threshold(fleet_model):
+    assert set(fleet_model.device_detectors) == set(FLEET)
+    assert len({id(d) for d in fleet_model.device_detectors.values()}) == 3
+    assert fleet_model.global_detector not in fleet_model.device_detectors.values()
+
+
+def test_scoring_routes_to_the_device_detector_and_falls_back_to_the_global_one(fleet_model):
+    batch = TelemetryBatch.concat([readings(FLEET, 600, seed=1), readings({"pump-new": 100.0}, 200, seed=2)])
+    result = fleet_model.score(batch)
+    for device, threshold in fleet_model.device_thresholds.items():
+        assert (result.threshold[batch.device_id == device] == threshold).all()
+    assert (result.threshold[batch.device_id == "pump-new"] == fleet_model.global_threshold).all()
+    # Raw scores are those of the routed detector on the pipeline's features.
+    features = fleet_model.pipeline.transform(batch)
+    rows = batch.device_id == "pump-b"
+    own_detector = fleet_model.device_detectors["pump-b"]
+    assert np.array_equal(result.raw_score[rows], own_detector.score(features[rows]))
+    new = batch.device_id == "pump-new"
+    assert np.array_equal(result.raw_score[new], fleet_model.global_detector.score(features[new]))
+
+
+def test_a_device_with_few_training_rows_uses_the_global_detector():
+    batch = TelemetryBatch.concat([readings(FLEET, 2000, seed=3), readings({"pump-rare": 100.0}, 15, seed=4)])
+    model = AnomalyModel.fit(batch, "pca", per_device=True)
+    assert "pump-rare" not in model.device_detectors
+    rare = model.score(readings({"pump-rare": 100.0}, 50, seed=5))
+    assert (rare.threshold == model.global_threshold).all()
+
+
+def test_a_device_model_is_the_same_trained_with_the_fleet_or_alone():
+    fleet = readings(FLEET, 3000, seed=6)
+    alone = fleet.take(fleet.device_id == "pump-b")
+    params = dict(FAST_IFOREST)
+    with_fleet = AnomalyModel.fit(fleet, "iforest", per_device=True, seed=0, params=params)
+    by_itself = AnomalyModel.fit(alone, "iforest", per_device=True, seed=0, params=params)
+    probe = readings({"pump-b": 100.0}, 400, seed=7)
+    first, second = with_fleet.score(probe), by_itself.score(probe)
+    assert np.array_equal(first.score, second.score)
+    assert np.array_equal(first.threshold, second.threshold)
+
+
+def test_scores_do_not_depend_on_batch_boundaries_given_context_history(fleet_model):
+    batch = readings(FLEET, 2400, seed=8)
+    shifted = batch.values.copy()
+    shifted[1500:1700] *= 1.3  # an episode to flag, so flags and contributions are exercised
+    batch = TelemetryBatch(batch.device_id, batch.event_time_ms, batch.seq, CHANNELS, shifted, batch.label)
+    whole = fleet_model.score(batch, explain="all")
+    assert whole.flagged.any() and not whole.flagged.all()
+    rng = np.random.default_rng(9)
+    cuts = np.r_[0, np.sort(rng.choice(np.arange(1, len(batch)), 40, replace=False)), len(batch)]
+    history: TelemetryBatch | None = None
+    scores, flags, shares = [], [], []
+    for start, stop in zip(cuts[:-1], cuts[1:], strict=True):
+        new = batch.take(slice(start, stop))
+        full = new if history is None else TelemetryBatch.concat([history, new])
+        result = fleet_model.score(full, explain="all")
+        keep = slice(len(full) - len(new), None)
+        scores.append(result.score[keep])
+        flags.append(result.flagged[keep])
+        shares.append(result.contributions[keep])
+        position, count = device_positions(full.device_id)
+        history = full.take(position >= count - fleet_model.context)
+    assert np.array_equal(np.concatenate(scores), whole.score)
+    assert np.array_equal(np.concatenate(flags), whole.flagged)
+    assert np.allclose(np.concatenate(shares), whole.contributions)
+
+
+def test_contributions_are_channel_shares_of_flagged_rows(fleet_model):
+    batch = readings(FLEET, 1500, seed=10)
+    values = batch.values.copy()
+    values[1000:, 2] *= 3.0  # vibration rises
+    batch = TelemetryBatch(batch.device_id, batch.event_time_ms, batch.seq, CHANNELS, values, batch.label)
+    result = fleet_model.score(batch)
+    flagged = result.flagged
+    assert flagged[1000:].mean() > 0.5
+    assert np.allclose(result.contributions[flagged].sum(axis=1), 1.0)
+    assert (result.contributions[~flagged] == 0).all()
+    late = flagged & (np.arange(len(batch)) >= 1100)
+    assert (result.contributions[late].argmax(axis=1) == 2).mean() > 0.9
+
+
+def test_threshold_is_the_validation_quantile_times_the_margin():
+    batch = readings({"pump-a": 10.0}, 1000, seed=11)
+    plain = AnomalyModel.fit(batch, "pca", params={"margin": 1.0})
+    doubled = AnomalyModel.fit(batch, "pca", params={"margin": 2.0})
+    assert doubled.global_threshold == pytest.approx(2.0 * plain.global_threshold)
+    # Calibrated on the last 20 % of the training rows: their 99th percentile score, and nothing else.
+    scores = plain.score(batch).score
+    assert plain.global_threshold == pytest.approx(np.quantile(scores[800:], 0.99))
+    assert plain.global_threshold != pytest.approx(np.quantile(scores[:800], 0.99))
+
+
+def test_save_load_gives_identical_scores_without_pickle(fleet_model, tmp_path, monkeypatch):
+    written = fleet_model.save(tmp_path)
+    assert MANIFEST in written and all((tmp_path / name).is_file() for name in written)
+    assert not any(name.endswith((".pkl", ".pickle", ".joblib")) for name in written)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("loading a model must not unpickle")
+
+    monkeypatch.setattr(pickle, "load", refuse)
+    monkeypatch.setattr(pickle, "loads", refuse)
+    loaded = AnomalyModel.load(tmp_path)
+    batch = TelemetryBatch.concat([readings(FLEET, 800, seed=12), readings({"pump-new": 10.0}, 100, seed=13)])
+    first, second = fleet_model.score(batch, explain="all"), loaded.score(batch, explain="all")
+    assert np.array_equal(first.score, second.score)
+    assert np.array_equal(first.threshold, second.threshold)
+    assert np.allclose(first.contributions, second.contributions)
+    assert loaded.context == fleet_model.context
+
+
+def test_iforest_model_round_trips_and_same_seed_gives_same_scores(tmp_path):
+    batch = readings(FLEET, 2000, seed=14)
+    probe = readings(FLEET, 500, seed=15)
+    model = AnomalyModel.fit(batch, "iforest", per_device=True, seed=4, params=FAST_IFOREST)
+    again = AnomalyModel.fit(batch, "iforest", per_device=True, seed=4, params=FAST_IFOREST)
+    other = AnomalyModel.fit(batch, "iforest", per_device=True, seed=5, params=FAST_IFOREST)
+    assert np.array_equal(model.score(probe).score, again.score(probe).score)
+    assert not np.array_equal(model.score(probe).score, other.score(probe).score)
+    model.save(tmp_path)
+    loaded = AnomalyModel.load(tmp_path)
+    assert np.abs(loaded.score(probe).score - model.score(probe).score).max() < 1e-9
+
+
+def test_single_device_per_device_model_shares_the_global_detector(tmp_path):
+    model = AnomalyModel.fit(readings({"pump-a": 10.0}, 600, seed=16), "pca", per_device=True)
+    assert model.device_detectors["pump-a"] is model.global_detector
+    model.save(tmp_path)
+    manifest = json.loads((tmp_path / MANIFEST).read_text())
+    assert manifest["devices"]["pump-a"]["folder"] == "global"
+    assert AnomalyModel.load(tmp_path).device_detectors["pump-a"] is not None
+
+
+def test_context_counts_features_smoothing_and_hold():
+    config = DEFAULT_CONFIGS["pca"]
+    model = AnomalyModel.fit(readings({"pump-a": 10.0}, 600, seed=17), "pca")
+    expected = (config.rolling - 1) + config.rolling + (config.smoothing - 1) + (config.hold - 1)
+    assert model.context == expected
+
+
+def test_bad_requests_fail_with_model_errors(tmp_path):
+    batch = readings({"pump-a": 10.0}, 600, seed=18)
+    with pytest.raises(ModelError):
+        AnomalyModel.fit(batch, "no-such-detector")
+    with pytest.raises(ModelError):
+        AnomalyModel.fit(batch, "pca", params={"not_a_parameter": 1})
+    with pytest.raises(ModelError):
+        AnomalyModel.fit(batch.take(slice(0, 5)), "pca")
+    with pytest.raises(ModelError):
+        ModelConfig(smoothing=0)
+    with pytest.raises(ModelIntegrityError):
+        AnomalyModel.load(tmp_path)
