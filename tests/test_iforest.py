@@ -44,7 +44,9 @@ def test_array_traversal_equals_sklearn_score_samples(fitted):
     rows = np.vstack([training_rows(800, seed=2) * 1.5, rng.uniform(-40, 40, size=(200, 6))])
     expected = sklearn_scores(fitted, rows)
     assert np.abs(fitted.score_arrays(rows) - expected).max() < 1e-6
-    assert np.abs(fitted.score(rows) - expected).max() < 1e-6
+    # Same float32 rounding and the same summation order: not just close, identical.
+    assert np.array_equal(fitted.score_arrays(rows), expected)
+    assert np.array_equal(fitted.score(rows), expected)
 
 
 def test_traversal_includes_the_average_path_length_of_multi_sample_leaves():
@@ -90,7 +92,7 @@ def test_save_load_round_trip_without_pickle(fitted, tmp_path: Path, monkeypatch
     loaded = IsolationForestDetector.load(tmp_path)
     assert loaded._forest is None  # no estimator: scores come from the arrays
     rows = training_rows(500, seed=7)
-    assert np.abs(loaded.score(rows) - fitted.score(rows)).max() < 1e-12
+    assert np.array_equal(loaded.score(rows), fitted.score(rows))
     assert np.allclose(loaded.contributions(rows[:20]), fitted.contributions(rows[:20]))
 
 
