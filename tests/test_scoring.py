@@ -161,3 +161,7 @@ def test_tensorised_isolation_forest_equals_scikit_learn(max_features: float) ->
     arrays = detector._fitted_arrays()
     torch_walk = _CompiledForest(arrays, "cpu:0")  # any device but "cpu" takes the torch traversal
     assert np.abs(torch_walk.score(test.astype(np.float64)) - reference).max() < 1e-6
+    numpy_walk = _CompiledForest(arrays, "cpu")
+    total_path = np.concatenate([numpy_walk._walk(chunk, credit=False)[0] for chunk in numpy_walk._chunks(test)])
+    walked = np.power(2.0, -total_path / (numpy_walk.n_trees * numpy_walk.c_psi))
+    assert np.abs(walked - reference).max() < 1e-6

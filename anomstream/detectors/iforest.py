@@ -17,8 +17,10 @@ tree at a time) scored 100k rows in about 0.9 s on a shared 2-core machine and t
 passes over cache-sized ``(rows, T)`` node arrays per level) in about 1.9 s; on an H100 host, 1M rows took
 10.4 s with scikit-learn, 20.3 s with numpy and 0.17 s with the torch traversal on the GPU (scores and
 contributions within 1e-15 of each other). So a detector that was just fitted keeps its scikit-learn
-estimator and scores with it on the CPU; a loaded detector (no pickle, hence no estimator) uses the numpy
-traversal on the CPU and the torch one on CUDA.
+estimator and scores with it on the CPU; a loaded detector (no pickle, hence no estimator) rebuilds
+scikit-learn's compiled trees from its arrays for scoring on the CPU (``_sklearn_trees``: about 3x the numpy
+traversal, same sums, bit-identical) and uses the torch traversal on CUDA; the numpy traversal computes
+the contributions.
 
 Per-feature contributions (path-based attribution). In a tree, a sample at a node of depth ``d`` holding
 ``n`` training samples has expected total path length ``d + c(n)``; moving to the child that holds ``n'``
@@ -311,6 +313,8 @@ class _CompiledForest:
         self.max_depth = int(depth[internal_old].max() + 1) if internal_old.any() else 0
         self.c_psi = float(average_path_length(np.array([arrays.max_samples]))[0])
         self.device = device
+        self._arrays = arrays
+        self._trees: list[tuple[Any, np.ndarray]] | None = None
         self.roots = np.arange(n_trees, dtype=np.int64) * width
         if device == "cpu":
             self.tables: dict[str, Any] = tables
@@ -321,12 +325,25 @@ class _CompiledForest:
 
     def score(self, rows: np.ndarray) -> np.ndarray:
         """``2 ** (-E[h] / c(psi))`` per row (path lengths summed over trees, divided by ``T c(psi)``)."""
-        parts = [self._walk(chunk, credit=False)[0] for chunk in self._chunks(rows)]
-        total_path = np.concatenate(parts) if parts else np.zeros(0)
+        if self.device == "cpu":
+            total_path = self._apply_trees(rows)
+        else:
+            parts = [self._walk(chunk, credit=False)[0] for chunk in self._chunks(rows)]
+            total_path = np.concatenate(parts) if parts else np.zeros(0)
         denominator = self.n_trees * self.c_psi
         if denominator == 0.0:
             return np.ones(len(rows))
         return np.power(2.0, -(total_path / denominator))
+
+    def _apply_trees(self, rows: np.ndarray) -> np.ndarray:
+        """Summed path lengths by scikit-learn's compiled ``Tree.apply``, tree after tree (see ``_sklearn_trees``)."""
+        if self._trees is None:
+            self._trees = _sklearn_trees(self._arrays, rows.shape[1])
+        inputs = np.ascontiguousarray(rows, dtype=np.float32)  # scikit-learn's trees compare float32 inputs
+        total_path = np.zeros(len(rows))
+        for tree, path_length in self._trees:
+            total_path += path_length.take(tree.apply(inputs))
+        return total_path
 
     def credits(self, rows: np.ndarray) -> np.ndarray:
         """Mean path-shortening credit per feature, ``(n, F)`` (may be negative)."""
@@ -389,6 +406,36 @@ class _CompiledForest:
         total_path = tb["path_length"][node].sum(dim=1).cpu().numpy()
         credits = (credit_sum.reshape(n, n_features) / self.n_trees).cpu().numpy() if credit else np.zeros(0)
         return total_path, credits
+
+
+def _sklearn_trees(arrays: ForestArrays, n_features: int) -> list[tuple[Any, np.ndarray]]:
+    """scikit-learn ``Tree`` objects rebuilt from the (checked) arrays, each with ``h(x)`` per node.
+
+    The trees are filled through ``Tree.__setstate__`` with plain arrays (nothing unpickled, nothing
+    executed), so a loaded forest scores on the CPU with scikit-learn's compiled ``Tree.apply``, about three
+    times as fast as the numpy traversal, and sums ``h(x)`` tree after tree with the same per-node values as
+    scikit-learn's ``score_samples``: the scores stay bit-identical.
+    """
+    from sklearn.tree._tree import NODE_DTYPE, Tree
+
+    depth = _node_depths(arrays.left, arrays.right)
+    c_node = average_path_length(arrays.n_node_samples)
+    trees = []
+    for t in range(arrays.left.shape[0]):
+        count = int((arrays.n_node_samples[t] > 0).sum())  # nodes 0..count-1; the rest is padding
+        leaf = arrays.left[t, :count] < 0
+        nodes = np.zeros(count, dtype=NODE_DTYPE)
+        nodes["left_child"], nodes["right_child"] = arrays.left[t, :count], arrays.right[t, :count]
+        nodes["feature"] = np.where(leaf, -2, arrays.feature[t, :count])
+        nodes["threshold"] = np.where(leaf, -2.0, arrays.threshold[t, :count])
+        nodes["n_node_samples"] = arrays.n_node_samples[t, :count]
+        nodes["weighted_n_node_samples"] = arrays.n_node_samples[t, :count]
+        nodes["missing_go_to_left"] = arrays.missing_go_to_left[t, :count]
+        tree = Tree(n_features, np.ones(1, dtype=np.intp), 1)
+        state = {"max_depth": int(depth[t, :count].max()), "node_count": count, "nodes": nodes}
+        tree.__setstate__(state | {"values": np.zeros((count, 1, 1))})
+        trees.append((tree, (depth[t, :count] + 1.0) + c_node[t, :count] - 1.0))
+    return trees
 
 
 def _adjacent_children_numbering(left: np.ndarray, right: np.ndarray) -> np.ndarray:
