@@ -299,24 +299,32 @@ class AnomalyModel:
             seed,
         )
 
-    def score(self, batch: TelemetryBatch, explain: str = "flagged") -> ScoreResult:
+    def score(
+        self, batch: TelemetryBatch, explain: str = "flagged", known_raw: np.ndarray | None = None
+    ) -> ScoreResult:
         """Score every row of ``batch`` (history rows first, then new rows).
 
         Args:
             batch: rows of one or many devices, each device's rows in ``seq`` order.
             explain: compute channel contributions for ``"flagged"`` rows, ``"all"`` rows or ``"none"``.
+            known_raw: ``(n,)`` detector scores already known (``ScoreResult.raw_score`` of an earlier call), NaN
+                where not: those rows skip the detector. The streaming scorer passes its history rows' scores
+                so that each reading goes through the detector once, however many batches it stays in history.
         """
         if explain not in ("flagged", "all", "none"):
             raise ModelError(f"explain={explain!r}: use 'flagged', 'all' or 'none'")
         n = len(batch)
         features = self.pipeline.transform(batch)
         route = self._route(batch.device_id)
-        raw = np.empty(n)
+        raw = np.full(n, np.nan) if known_raw is None else np.array(known_raw, dtype=np.float64)
+        unknown = np.isnan(raw)
         threshold = np.empty(n)
         detectors = self._detectors()
         for index, rows in _groups(route):
             detector, threshold[rows] = detectors[index]
-            raw[rows] = detector.score(features[rows])
+            rows = rows[unknown[rows]]
+            if len(rows):
+                raw[rows] = detector.score(features[rows])
         score = _postprocess(raw, batch.device_id, self.config)
         flagged = score > threshold
         explained = {"flagged": flagged, "all": np.ones(n, bool), "none": np.zeros(n, bool)}[explain]
