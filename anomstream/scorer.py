@@ -266,7 +266,7 @@ class Scorer:
         outputs = self._anomaly_outputs(scored.anomalies) + self._dead_letter_outputs(good, decoded)
         if not self._commit_batch(outputs, partition, offset, good):
             return
-        self._history.advance(batch, rows_partition)
+        self._history.advance(batch, rows_partition, scored.raw)
         self._count(len(good), scored.scored, len(scored.anomalies), decoded, time.perf_counter() - started)
 
     def _commit_batch(self, outputs: list[Output], partition: np.ndarray, offset: np.ndarray,

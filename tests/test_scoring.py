@@ -111,7 +111,7 @@ def _stream(model: AnomalyModel, batch: TelemetryBatch, sizes: list[int]) -> tup
         scored = score_batch(model, "m", 1, history, chunk, "t", partition[: len(chunk)], offset, 0)
         flagged[scored.anomalies.source_offset] = True
         scores[scored.anomalies.source_offset] = scored.anomalies.score
-        history.advance(chunk, partition[: len(chunk)])
+        history.advance(chunk, partition[: len(chunk)], scored.raw)
         start += size
     return flagged, scores
 

@@ -25,10 +25,12 @@ class ScoredBatch:
     Attributes:
         anomalies: the flagged readings, ready to encode.
         scored: how many readings were scored.
+        raw: ``(scored,)`` detector scores of the readings (for :meth:`DeviceHistory.advance`).
     """
 
     anomalies: AnomalyColumns
     scored: int
+    raw: np.ndarray
 
 
 def score_batch(
@@ -48,15 +50,17 @@ def score_batch(
         model: the serving model.
         model_name: its name in the store.
         model_version: its version.
-        history: per-device history (not changed here).
+        history: per-device history (only the detector scores of its rows are filled in here).
         batch: the readings to score.
         topic: the topic they came from.
         partition: ``(n,)`` source partition of each reading.
         offset: ``(n,)`` source offset of each reading.
         scored_at_ms: the ``scored_at`` stamp.
     """
-    combined, lead = history.with_history(batch)
-    result = model.score(combined, explain="flagged")
+    combined, used, known_raw = history.with_history(batch)
+    result = model.score(combined, explain="flagged", known_raw=known_raw)
+    lead = len(used)
+    history.remember(used, result.raw_score[:lead])
     flagged = np.flatnonzero(result.flagged[lead:])
     rows = flagged + lead
     anomalies = AnomalyColumns(
@@ -75,4 +79,4 @@ def score_batch(
         label=batch.label[flagged],
         scored_at_ms=scored_at_ms,
     )
-    return ScoredBatch(anomalies, len(batch))
+    return ScoredBatch(anomalies, len(batch), result.raw_score[lead:])
