@@ -1,0 +1,422 @@
+"""Scorer throughput and latency: the tutorial's loop vs. raw Kafka pass-through vs. `anomstream score`.
+
+On one topic of 1,000,000 synthetic records (8 channels, 100 devices), side by side:
+
+(a) the tutorial's way: poll one record, deserialize it (confluent-kafka's AvroDeserializer), make a one-row
+    pandas DataFrame, ``IsolationForest.predict`` it, produce a JSON alert when it is -1. Measured on a
+    sample (``--tutorial-records``, bounded by ``--tutorial-budget-s``) and extrapolated to records/s.
+(b) raw pass-through: consume and produce the same records' bytes, no decoding, no scoring (batched
+    ``consume``, the project's producer settings, offsets committed per batch).
+(c) the scorer: ``anomstream score`` (a separate process), Isolation Forest, exactly-once (transactions).
+    Records/s from its first record consumed to its last batch committed; peak RSS from ``wait4``.
+
+Both models have the same number of trees (``--trees``, scikit-learn's default 100); the scorer's model is
+the project's (rolling-window features, smoothing), fitted on the first 50,000 records.
+
+Then the latency from produce to anomaly: a scorer on fresh topics, records produced at ``--latency-rate``
+(20,000/s) for ``--latency-s`` seconds with their event time set to the moment they are sent; a
+``read_committed`` consumer of the anomaly topic takes receive time minus event time for each anomaly.
+
+With CUDA (``torch.cuda.is_available()``) the sequence autoencoder's scorer runs on CUDA and on the CPU
+over the same 200,000 records.
+
+Prints a table, then one JSON object on the last line: ``tutorial_records_per_s``,
+``passthrough_records_per_s``, ``scorer_records_per_s``, ``ratio_vs_tutorial``, ``ratio_vs_passthrough``,
+``p50_ms``, ``p99_ms``, ``rss_mb`` (and details). Needs the local stack: ``eval "$(anomstream stack env)"``.
+All topics are fresh and deleted at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from confluent_kafka.admin import NewTopic
+from confluent_kafka.schema_registry.avro import AvroDeserializer
+from confluent_kafka.serialization import MessageField, SerializationContext
+from rich.console import Console
+from rich.table import Table
+
+from anomstream.config import KafkaSettings
+from anomstream.kafka_config import consumer_config, producer_config, registry_client
+from anomstream.model import AnomalyModel
+from anomstream.model_store import ModelStore
+from anomstream.producer import PRODUCER_OVERRIDES, ProducerSettings, run_producer
+from anomstream.serde import TelemetryEncoder
+from anomstream.synthetic import FleetSpec, generate_fleet, iter_fleet
+from anomstream.telemetry import TelemetryBatch
+from anomstream.topics import delete_topics, ensure_topics
+
+console = Console(stderr=True)
+TRAIN_ROWS = 50_000
+GPU_RECORDS = 200_000
+
+
+@dataclass
+class Run:
+    """Names and settings shared by the bench's steps."""
+
+    kafka: KafkaSettings
+    tag: str
+    store_dir: Path
+    args: argparse.Namespace
+    topics: list[str] = field(default_factory=list)
+
+    def topic(self, kind: str, partitions: int = 6, **config: str) -> str:
+        name = f"{self.tag}_{kind}"
+        ensure_topics(self.kafka, [NewTopic(name, partitions, 1, config=config)])
+        self.topics.append(name)
+        return name
+
+    def scorer_env(self, telemetry: str, anomalies: str, **extra: str) -> dict[str, str]:
+        return os.environ | {
+            "KAFKA_BOOTSTRAP_SERVERS": self.kafka.bootstrap_servers,
+            "SCHEMA_REGISTRY_URL": self.kafka.schema_registry_url,
+            "ANOMSTREAM_TELEMETRY_TOPIC": telemetry,
+            "ANOMSTREAM_ANOMALY_TOPIC": anomalies,
+            "ANOMSTREAM_DLQ_TOPIC": f"{self.tag}_dlq",
+            "ANOMSTREAM_MODELS_TOPIC": f"{self.tag}_models",
+            "ANOMSTREAM_MODEL_DIR": str(self.store_dir),
+            "ANOMSTREAM_SCORER_GROUP": f"{self.tag}-{uuid.uuid4().hex[:6]}",
+        } | extra
+
+
+# -- (a) the tutorial ------------------------------------------------------------------------------------------
+
+
+def tutorial(run: Run, telemetry: str, training: TelemetryBatch) -> dict[str, Any]:
+    """One poll, one deserialize, one one-row DataFrame, one ``predict`` per record."""
+    from sklearn.ensemble import IsolationForest
+
+    columns = list(training.channels)
+    frame = pd.DataFrame(training.values, columns=columns)
+    model = IsolationForest(n_estimators=run.args.trees, random_state=0).fit(frame)
+    consumer = Consumer(consumer_config(run.kafka, f"{run.tag}-tutorial", "bench-tutorial"))
+    consumer.subscribe([telemetry])
+    deserialize = AvroDeserializer(registry_client(run.kafka))
+    producer = Producer(producer_config(run.kafka, "bench-tutorial"))
+    alerts_topic = run.topic("tutorial_alerts")
+    count, alerts, first = 0, 0, None
+    deadline = time.monotonic() + 60 + run.args.tutorial_budget_s
+    while count < run.args.tutorial_records and time.monotonic() < deadline:
+        message = consumer.poll(1.0)
+        if message is None or message.error() is not None:
+            continue
+        first = first or time.perf_counter()
+        record = deserialize(message.value(), SerializationContext(telemetry, MessageField.VALUE))
+        row = pd.DataFrame([record["channels"]])[columns]
+        if model.predict(row)[0] == -1:
+            producer.produce(alerts_topic, json.dumps({"device_id": record["device_id"]}), key=message.key())
+            alerts += 1
+        producer.poll(0)
+        count += 1
+        if first and time.perf_counter() - first > run.args.tutorial_budget_s:
+            break
+    elapsed = time.perf_counter() - (first or time.perf_counter())
+    producer.flush(30)
+    consumer.close()
+    rate = count / elapsed if elapsed else 0.0
+    return {"records": count, "seconds": elapsed, "records_per_s": rate, "alerts": alerts}
+
+
+# -- (b) pass-through ------------------------------------------------------------------------------------------
+
+
+def passthrough(run: Run, telemetry: str, records: int) -> dict[str, Any]:
+    """Consume every record and produce its key and value unchanged to another topic."""
+    target = run.topic("passthrough")
+    consumer = Consumer(consumer_config(run.kafka, f"{run.tag}-passthrough", "bench-passthrough", **{
+        "fetch.wait.max.ms": 20}))  # fmt: skip
+    producer = Producer(producer_config(run.kafka, "bench-passthrough", **PRODUCER_OVERRIDES))
+    consumer.subscribe([telemetry])
+    count, first, last_seen = 0, None, time.monotonic()
+    while count < records and time.monotonic() - last_seen < 60:
+        messages = consumer.consume(10_000, 0.5)
+        if not messages:
+            continue
+        first, last_seen = first or time.perf_counter(), time.monotonic()
+        for message in messages:
+            while True:
+                try:
+                    producer.produce(target, message.value(), message.key())
+                    break
+                except BufferError:
+                    producer.poll(0.05)
+        producer.poll(0)
+        consumer.commit(asynchronous=True)
+        count += len(messages)
+    producer.flush(60)
+    elapsed = time.perf_counter() - (first or time.perf_counter())
+    consumer.close()
+    return {"records": count, "seconds": elapsed, "records_per_s": count / elapsed if elapsed else 0.0}
+
+
+# -- (c) the scorer, and its latency ------------------------------------------------------------------------------
+
+
+def start_scorer(env: dict[str, str], log: Path, *args: str) -> subprocess.Popen[bytes]:
+    command = [sys.executable, "-m", "anomstream", "--log-format", "json", "score", "--idle-exit", "5", *args]
+    with open(log, "wb") as out:
+        return subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+def finish_scorer(process: subprocess.Popen[bytes], log: Path, timeout_s: float) -> dict[str, Any]:
+    """Wait for the scorer (killed after ``timeout_s``); its summary and peak RSS (``wait4``)."""
+    timer = threading.Timer(timeout_s, process.kill)
+    timer.start()
+    _, status, usage = os.wait4(process.pid, 0)
+    timer.cancel()
+    process.returncode = os.waitstatus_to_exitcode(status)
+    summary = next((e for e in _log_entries(log) if str(e.get("message", "")).startswith("scorer stopped")), {})
+    scored, active = int(summary.get("records_scored", 0)), float(summary.get("active_s", 0.0))
+    return {
+        "exit": process.returncode,
+        "records": scored,
+        "seconds": active,
+        "records_per_s": scored / active if active else 0.0,
+        "anomalies": int(summary.get("anomalies", 0)),
+        "rss_mb": usage.ru_maxrss / 1024,  # kilobytes on Linux
+    }
+
+
+def _log_entries(log: Path) -> list[dict[str, Any]]:
+    entries = []
+    for line in log.read_text(errors="replace").splitlines():
+        if line.startswith("{"):
+            try:
+                entries.append(json.loads(line))
+            except ValueError:
+                continue
+    return entries
+
+
+def wait_for_assignment(process: subprocess.Popen[bytes], log: Path, timeout_s: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and process.poll() is None:
+        if any(str(e.get("message", "")).startswith("assigned partitions [") and "[]" not in e["message"]
+               for e in _log_entries(log)):  # fmt: skip
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"the scorer did not get partitions: {log.read_text()[-2000:]}")
+
+
+def scorer_throughput(run: Run, telemetry: str, model_name: str, timeout_s: float, **env: str) -> dict[str, Any]:
+    anomalies = run.topic(f"anomalies_{model_name}_{env.get('ANOMSTREAM_DEVICE', 'cpu')}")
+    log = run.store_dir / f"scorer-{anomalies}.log"
+    process = start_scorer(run.scorer_env(telemetry, anomalies, **env), log, "--model", model_name,
+                           "--batch-size", str(run.args.batch_size))  # fmt: skip
+    return finish_scorer(process, log, timeout_s)
+
+
+def latency(run: Run, model_name: str) -> dict[str, Any]:
+    """Produce at a fixed rate with event time = send time; anomaly receive time minus event time."""
+    telemetry, anomalies = run.topic("latency_telemetry"), run.topic("latency_anomalies")
+    log = run.store_dir / "scorer-latency.log"
+    process = start_scorer(run.scorer_env(telemetry, anomalies), log, "--model", model_name)
+    wait_for_assignment(process, log)
+    reader = LatencyReader(run.kafka, anomalies)
+    reader.start()
+    sent = paced_produce(run, telemetry, run.args.latency_rate, run.args.latency_s)
+    result = finish_scorer(process, log, timeout_s=120)
+    reader.stop()
+    delays = np.array(reader.delays_ms)
+    return {
+        "sent": sent,
+        "anomalies": len(delays),
+        "p50_ms": float(np.percentile(delays, 50)) if len(delays) else float("nan"),
+        "p99_ms": float(np.percentile(delays, 99)) if len(delays) else float("nan"),
+        "rss_mb": result["rss_mb"],
+    }
+
+
+def paced_produce(run: Run, topic: str, rate: float, seconds: float) -> int:
+    """Send ``rate`` records/s for ``seconds`` in 10 ms ticks, each record stamped with its send time."""
+    spec = FleetSpec(devices=run.args.devices, records=int(rate * seconds), channels=run.args.channels, seed=2)
+    encoder = TelemetryEncoder(registry_client(run.kafka), topic)
+    producer = Producer(producer_config(run.kafka, "bench-latency", **PRODUCER_OVERRIDES, **{"linger.ms": 2}))
+    rows = TelemetryBatch.concat(list(iter_fleet(spec)))
+    per_tick, sent, started = max(int(rate / 100), 1), 0, time.perf_counter()
+    keys = [str(d).encode() for d in rows.device_id]
+    while sent < len(rows):
+        due = int((time.perf_counter() - started) * rate)
+        if due <= sent:
+            time.sleep(0.002)
+            continue
+        end = min(len(rows), sent + max(due - sent, per_tick))
+        chunk = rows.take(slice(sent, end))
+        now_ms = int(time.time() * 1000)
+        stamped = TelemetryBatch(chunk.device_id, np.full(len(chunk), now_ms, dtype=np.int64), chunk.seq,
+                                 chunk.channels, chunk.values, chunk.label)  # fmt: skip
+        for key, value in zip(keys[sent:end], encoder.encode(stamped), strict=True):
+            producer.produce(topic, value, key)
+        producer.poll(0)
+        sent = end
+    producer.flush(30)
+    return sent
+
+
+class LatencyReader(threading.Thread):
+    """Reads the anomaly topic (read_committed) and notes receive time minus event time per anomaly."""
+
+    def __init__(self, kafka: KafkaSettings, topic: str) -> None:
+        super().__init__(daemon=True)
+        self.consumer = Consumer(consumer_config(kafka, f"latency-{uuid.uuid4().hex[:6]}", "bench-latency-reader",
+                                                 **{"fetch.wait.max.ms": 5}))  # fmt: skip
+        partitions = self.consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        self.consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        self.deserialize = AvroDeserializer(registry_client(kafka))
+        self.topic, self.delays_ms, self._done = topic, [], threading.Event()
+
+    def run(self) -> None:
+        context = SerializationContext(self.topic, MessageField.VALUE)
+        while not self._done.is_set():
+            for message in self.consumer.consume(1000, 0.05):
+                if message.error() is None:
+                    received = time.time() * 1000
+                    event = self.deserialize(message.value(), context)["event_time"]
+                    self.delays_ms.append(received - event.timestamp() * 1000)
+        self.consumer.close()
+
+    def stop(self) -> None:
+        time.sleep(2)  # the last committed batch
+        self._done.set()
+        self.join(10)
+
+
+# -- the run ---------------------------------------------------------------------------------------------------
+
+
+def prepare(run: Run) -> tuple[str, TelemetryBatch]:
+    """The 1M-record telemetry topic, and the models in the store; returns the topic and the training rows."""
+    telemetry = run.topic("telemetry")
+    run.topic("models", 1, **{"cleanup.policy": "compact"})
+    run.topic("dlq", 1)
+    spec = FleetSpec(devices=run.args.devices, records=TRAIN_ROWS, channels=run.args.channels, seed=1)
+    training = generate_fleet(spec)
+    source = ProducerSettings(source="synthetic", topic=telemetry, devices=run.args.devices, records=run.args.records,
+                              channels=run.args.channels, seed=1)  # fmt: skip
+    report = run_producer(source, run.kafka, show_progress=False)
+    if not report.ok:
+        raise RuntimeError(f"producing the bench records failed: {report.summary()}")
+    model = AnomalyModel.fit(training, "iforest", params={"n_estimators": run.args.trees})
+    ModelStore(run.store_dir).publish("bench_iforest", model, promote="always")
+    return telemetry, training
+
+
+def gpu_comparison(run: Run, training: TelemetryBatch) -> dict[str, Any]:
+    """The sequence autoencoder's scorer on CUDA and on the CPU over the same records."""
+    telemetry = run.topic("gpu_telemetry")
+    source = ProducerSettings(source="synthetic", topic=telemetry, devices=run.args.devices, records=GPU_RECORDS,
+                              channels=run.args.channels, seed=1)  # fmt: skip
+    run_producer(source, run.kafka, show_progress=False)
+    model = AnomalyModel.fit(training, "conv-ae", params={"max_epochs": 5})
+    ModelStore(run.store_dir).publish("bench_conv_ae", model, promote="always")
+    return {
+        device: scorer_throughput(run, telemetry, "bench_conv_ae", 600, ANOMSTREAM_DEVICE=device)
+        for device in ("cuda", "cpu")
+    }
+
+
+def report(figures: dict[str, Any]) -> None:
+    table = Table(title="anomstream score vs. the tutorial loop and raw pass-through")
+    for column in ("run", "records", "records/s", "ratio", "notes"):
+        table.add_column(column, justify="left" if column in ("run", "notes") else "right")
+    t, p, s = figures["tutorial"], figures["passthrough"], figures["scorer"]
+    table.add_row("(a) tutorial: predict per record", f"{t['records']:,}", f"{t['records_per_s']:,.0f}", "1",
+                  f"{figures['trees']} trees, one-row DataFrame, sample extrapolated")  # fmt: skip
+    table.add_row("(b) raw pass-through", f"{p['records']:,}", f"{p['records_per_s']:,.0f}",
+                  f"{p['records_per_s'] / t['records_per_s']:,.0f}x", "consume + produce bytes")  # fmt: skip
+    table.add_row("(c) anomstream score, exactly-once", f"{s['records']:,}", f"{s['records_per_s']:,.0f}",
+                  f"{figures['ratio_vs_tutorial']:,.0f}x", f"{figures['ratio_vs_passthrough']:.2f} of pass-through, "
+                  f"{s['anomalies']:,} anomalies, peak RSS {s['rss_mb']:.0f} MB")  # fmt: skip
+    lat = figures["latency"]
+    delays = f"p50 {lat['p50_ms']:.0f} ms, p99 {lat['p99_ms']:.0f} ms over {lat['anomalies']:,} anomalies"
+    offered = f"{figures['latency_rate']:,.0f} offered"
+    table.add_row("latency, produce -> anomaly", f"{lat['sent']:,}", offered, "", delays)
+    for device, gpu in figures.get("autoencoder", {}).items():
+        table.add_row(f"conv-ae scorer on {device}", f"{gpu['records']:,}", f"{gpu['records_per_s']:,.0f}", "",
+                      f"peak RSS {gpu['rss_mb']:.0f} MB")  # fmt: skip
+    Console().print(table)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--records", type=int, default=1_000_000)
+    parser.add_argument("--devices", type=int, default=100)
+    parser.add_argument("--channels", type=int, default=8)
+    parser.add_argument("--trees", type=int, default=100, help="Isolation Forest trees, both models")
+    parser.add_argument("--batch-size", type=int, default=50_000, help="scorer batch size for the throughput run")
+    parser.add_argument("--tutorial-records", type=int, default=2_000)
+    parser.add_argument("--tutorial-budget-s", type=float, default=20.0)
+    parser.add_argument("--latency-rate", type=float, default=20_000)
+    parser.add_argument("--latency-s", type=float, default=15.0)
+    args = parser.parse_args()
+    store_dir = Path(tempfile.mkdtemp(prefix="bench-score-"))
+    run = Run(KafkaSettings(), f"bench_score_{uuid.uuid4().hex[:8]}", store_dir, args)
+    try:
+        console.log(f"producing {args.records:,} records and fitting the models")
+        telemetry, training = prepare(run)
+        console.log("(a) the tutorial loop")
+        tutorial_figures = tutorial(run, telemetry, training)
+        console.log(tutorial_figures)
+        console.log("(b) raw pass-through")
+        passthrough_figures = passthrough(run, telemetry, args.records)
+        console.log(passthrough_figures)
+        console.log("(c) anomstream score")
+        scorer_figures = scorer_throughput(run, telemetry, "bench_iforest", timeout_s=600)
+        console.log(scorer_figures)
+        console.log(f"latency at {args.latency_rate:,.0f} records/s")
+        latency_figures = latency(run, "bench_iforest")
+        console.log(latency_figures)
+        gpu = gpu_comparison(run, training) if _cuda() else {}
+    finally:
+        delete_topics(run.kafka, run.topics)
+        shutil.rmtree(run.store_dir, ignore_errors=True)
+    figures = {
+        "tutorial": tutorial_figures, "passthrough": passthrough_figures, "scorer": scorer_figures,
+        "latency": latency_figures, "latency_rate": args.latency_rate, "trees": args.trees, "autoencoder": gpu,
+        "ratio_vs_tutorial": scorer_figures["records_per_s"] / tutorial_figures["records_per_s"],
+        "ratio_vs_passthrough": scorer_figures["records_per_s"] / passthrough_figures["records_per_s"],
+    }  # fmt: skip
+    report(figures)
+    print(json.dumps({
+        "tutorial_records_per_s": round(tutorial_figures["records_per_s"], 1),
+        "passthrough_records_per_s": round(passthrough_figures["records_per_s"]),
+        "scorer_records_per_s": round(scorer_figures["records_per_s"]),
+        "ratio_vs_tutorial": round(figures["ratio_vs_tutorial"], 1),
+        "ratio_vs_passthrough": round(figures["ratio_vs_passthrough"], 3),
+        "p50_ms": round(latency_figures["p50_ms"], 1),
+        "p99_ms": round(latency_figures["p99_ms"], 1),
+        "rss_mb": round(scorer_figures["rss_mb"], 1),
+        "records": scorer_figures["records"],
+        "anomalies": scorer_figures["anomalies"],
+        "trees": args.trees,
+        "autoencoder_records_per_s": {d: round(g["records_per_s"]) for d, g in gpu.items()},
+    }), flush=True)  # fmt: skip
+    return 0
+
+
+def _cuda() -> bool:
+    if not Path("/proc/driver/nvidia/version").exists():
+        return False
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
