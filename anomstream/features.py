@@ -185,8 +185,10 @@ class FeaturePipeline:
         self._devices = {}
         if per_device:
             codes, uniques = pd.factorize(batch.device_id)
+            order = np.argsort(codes, kind="stable")  # each device's rows, in their order, one slice each
+            bounds = np.searchsorted(codes[order], np.arange(len(uniques) + 1))
             for code, device in enumerate(uniques):
-                rows = np.flatnonzero(codes == code)
+                rows = order[bounds[code] : bounds[code + 1]]
                 self._devices[str(device)] = self._fit_scaling(batch.take(rows), values[rows])
         return self
 

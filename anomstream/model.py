@@ -256,22 +256,22 @@ class AnomalyModel:
             )
 
         def fit_one(rows: np.ndarray) -> tuple[Detector, float]:
-            model = make_detector(detector, **detector_params).fit(features[rows & fit_rows], seed=seed)
+            """Detector and threshold for the rows with indices ``rows`` (ascending)."""
+            model = make_detector(detector, **detector_params).fit(features[rows[fit_rows[rows]]], seed=seed)
             # Score the fit rows too: smoothing and hold of the first validation rows reach back into them.
             processed = _postprocess(model.score(features[rows]), batch.device_id[rows], config)
             threshold = _calibrate(processed[validation_rows[rows]], config)
             model.threshold_ = threshold
             return model, threshold
 
-        everything = np.ones(len(batch), dtype=bool)
-        global_detector, global_threshold = fit_one(everything)
+        global_detector, global_threshold = fit_one(np.arange(len(batch)))
         device_detectors: dict[str, Detector] = {}
         device_thresholds: dict[str, float] = {}
         if per_device:
             codes, devices = pd.factorize(batch.device_id)
-            for code, device in enumerate(devices):
-                rows = codes == code
-                if (rows & fit_rows).sum() < MIN_FIT_ROWS:
+            for code, rows in _groups(codes):
+                device = devices[code]
+                if fit_rows[rows].sum() < MIN_FIT_ROWS:
                     logger.info("device %s has too few training rows: it uses the global detector", device)
                     continue
                 if len(devices) == 1:
@@ -307,9 +307,10 @@ class AnomalyModel:
         Args:
             batch: rows of one or many devices, each device's rows in ``seq`` order.
             explain: compute channel contributions for ``"flagged"`` rows, ``"all"`` rows or ``"none"``.
-            known_raw: ``(n,)`` detector scores already known (``ScoreResult.raw_score`` of an earlier call), NaN
-                where not: those rows skip the detector. The streaming scorer passes its history rows' scores
-                so that each reading goes through the detector once, however many batches it stays in history.
+            known_raw: ``(n,)`` detector scores already known (``ScoreResult.raw_score`` of an earlier
+                call), NaN where not: those rows skip the detector. The streaming scorer passes its history
+                rows' scores so that each reading goes through the detector once, however many batches it
+                stays in history.
         """
         if explain not in ("flagged", "all", "none"):
             raise ModelError(f"explain={explain!r}: use 'flagged', 'all' or 'none'")
