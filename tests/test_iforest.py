@@ -49,6 +49,14 @@ def test_array_traversal_equals_sklearn_score_samples(fitted):
     assert np.array_equal(fitted.score(rows), expected)
 
 
+def test_numpy_and_rebuilt_tree_traversals_sum_the_same_path_lengths(fitted):
+    rows = training_rows(700, seed=13) * 2.0
+    rows[::9, 1] = np.nan
+    compiled = fitted._compiled_forest()
+    walked = np.concatenate([compiled._walk(chunk, credit=False)[0] for chunk in compiled._chunks(rows)])
+    assert np.array_equal(walked, compiled._apply_trees(rows))
+
+
 def test_traversal_includes_the_average_path_length_of_multi_sample_leaves():
     # Duplicated rows end in leaves holding several samples (the trees stop at max_depth or identical values).
     rows = np.repeat(training_rows(40, 3, seed=4), 10, axis=0)

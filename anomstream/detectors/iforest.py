@@ -336,7 +336,7 @@ class _CompiledForest:
         return np.power(2.0, -(total_path / denominator))
 
     def _apply_trees(self, rows: np.ndarray) -> np.ndarray:
-        """Summed path lengths by scikit-learn's compiled ``Tree.apply``, tree after tree (see ``_sklearn_trees``)."""
+        """Summed path lengths by scikit-learn's compiled ``Tree.apply``, tree after tree, in order."""
         if self._trees is None:
             self._trees = _sklearn_trees(self._arrays, rows.shape[1])
         inputs = np.ascontiguousarray(rows, dtype=np.float32)  # scikit-learn's trees compare float32 inputs
