@@ -49,14 +49,14 @@ logger = logging.getLogger(__name__)
 
 MAX_BACKOFF_S = 30.0
 LAG_EVERY_S = 1.0
-# Anomalies are few and latency matters: a short linger. Transactions left open by a crashed scorer are
-# aborted by the coordinator after transaction.timeout.ms, which bounds how long downstream read_committed
-# consumers can be held up by it.
-TRANSACTION_OVERRIDES = {"linger.ms": 5, "transaction.timeout.ms": 10_000, "partitioner": "murmur2_random"}
+# Anomalies are few and latency matters: no linger (the commit sends whatever is left anyway). Transactions
+# left open by a crashed scorer are aborted by the coordinator after transaction.timeout.ms, which bounds how
+# long downstream read_committed consumers can be held up by it.
+TRANSACTION_OVERRIDES = {"linger.ms": 0, "transaction.timeout.ms": 10_000, "partitioner": "murmur2_random"}
 # A batch takes well under a second; a member that stops polling for a minute (or, killed, stops heartbeating
 # for 10 s) is dropped, so that rebalances never wait minutes for it and its partitions move on quickly.
 CONSUMER_OVERRIDES = {
-    "fetch.wait.max.ms": 20,
+    "fetch.wait.max.ms": 10,
     "enable.partition.eof": False,
     "max.poll.interval.ms": 60_000,
     "session.timeout.ms": 10_000,

@@ -284,11 +284,11 @@ class LatencyReader(threading.Thread):
     def run(self) -> None:
         context = SerializationContext(self.topic, MessageField.VALUE)
         while not self._done.is_set():
-            for message in self.consumer.consume(1000, 0.05):
-                if message.error() is None:
-                    received = time.time() * 1000
-                    event = self.deserialize(message.value(), context)["event_time"]
-                    self.delays_ms.append(received - event.timestamp() * 1000)
+            message = self.consumer.poll(0.05)  # returns at the first record (consume() would wait to fill up)
+            if message is not None and message.error() is None:
+                received = time.time() * 1000
+                event = self.deserialize(message.value(), context)["event_time"]
+                self.delays_ms.append(received - event.timestamp() * 1000)
         self.consumer.close()
 
     def stop(self) -> None:

@@ -28,7 +28,7 @@ class ScorerSettings(BaseSettings):
     )
     batch_size: int = env("ANOMSTREAM_SCORER_BATCH_SIZE", 10_000, "most records consumed and scored at once", ge=1)
     batch_timeout: float = env(
-        "ANOMSTREAM_SCORER_BATCH_TIMEOUT", 0.05, "longest wait (s) to fill a batch: bounds added latency", gt=0
+        "ANOMSTREAM_SCORER_BATCH_TIMEOUT", 0.02, "longest wait (s) to fill a batch: bounds added latency", gt=0
     )
     device: Device = env("ANOMSTREAM_DEVICE", "auto", "auto (CUDA when present), cpu or cuda")
     metrics_host: str = env("ANOMSTREAM_METRICS_HOST", "127.0.0.1", "address of /metrics, /healthz, /readyz")
