@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 
 FOLLOW=${FOLLOW:-0}
 SKAB=${ANOMSTREAM_DEMO_SKAB:-../shared/data/skab/data}
-DETECTOR=${ANOMSTREAM_DEMO_DETECTOR:-iforest}
+DETECTOR=${ANOMSTREAM_DEMO_DETECTOR:-pca}
 FLEET_DEVICES=${ANOMSTREAM_DEMO_DEVICES:-20}
 FLEET_RECORDS=${ANOMSTREAM_DEMO_RECORDS:-40000}
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
@@ -27,13 +27,18 @@ export ANOMSTREAM_MODEL_DIR=$out/models
 anomstream stack up >/dev/null 2>&1   # creates this run's topics
 echo "topics ${run}_{telemetry,anomalies,dlq,models}; model store $ANOMSTREAM_MODEL_DIR; logs in $out/"
 
-say "2/6 producer: labelled SKAB pump files and a synthetic fleet with injected anomalies"
+# One model serves one channel set, so the demo streams one kind of device: the labelled SKAB pumps, or,
+# where that data is absent, a synthetic fleet with injected anomalies. (Records lacking the model's
+# channels would go to the dead-letter topic as `missing-channel`: accounted for, never scored.)
 if [ -d "$SKAB" ]; then
-  anomstream produce --source "skab:$SKAB"
+  # valve1 and valve2 hold the labelled experiments; anomaly-free.csv is SKAB's unlabelled reference run
+  say "2/6 producer: the labelled SKAB pump experiments ($SKAB/valve1, $SKAB/valve2)"
+  anomstream produce --source "skab:$SKAB/valve1"
+  anomstream produce --source "skab:$SKAB/valve2"
 else
-  echo "no SKAB data at $SKAB (set ANOMSTREAM_DEMO_SKAB): synthetic fleet only"
+  say "2/6 producer: a synthetic fleet with injected anomalies (no SKAB data at $SKAB)"
+  anomstream produce --source synthetic --devices "$FLEET_DEVICES" --records "$FLEET_RECORDS" --seed 7
 fi
-anomstream produce --source synthetic --devices "$FLEET_DEVICES" --records "$FLEET_RECORDS" --seed 7
 
 say "3/6 trainer: $DETECTOR per device on each device's first 400 readings, evaluated on the rest"
 anomstream train --model "$DETECTOR" --per-device --train-records 400 --name demo
