@@ -40,7 +40,13 @@ UNDECODABLE = "undecodable"
 UNKNOWN_SCHEMA = "unknown-schema"
 MISSING_CHANNEL = "missing-channel"
 NON_FINITE = "non-finite"
-REASONS = (BAD_MAGIC, UNDECODABLE, UNKNOWN_SCHEMA, MISSING_CHANNEL, NON_FINITE)
+OUT_OF_RANGE = "out-of-range"
+REASONS = (BAD_MAGIC, UNDECODABLE, UNKNOWN_SCHEMA, MISSING_CHANNEL, NON_FINITE, OUT_OF_RANGE)
+# Largest usable reading magnitude. No measurement comes near it, and below it the feature arithmetic stays
+# finite whatever the training statistics: standardised twice against spreads floored at 1e-6, a reading
+# stays within float32 (which the detectors compute in), and its square within float64 (rolling statistics).
+# Beyond it a finite reading overflows them and turns its device's rolling features to NaN for a window.
+MAX_READING = 1e20
 _NOT_FOUND_CODES = {40401, 40403}  # subject not found, schema not found
 _UNKNOWN_ID_RETRY_S = 60.0  # how long an id the registry does not know is remembered as unknown
 
@@ -477,7 +483,8 @@ class _Decoded:
         values[cell_row[kept], column[kept]] = cell_value[kept]
         present[cell_row[kept], column[kept]] = True
         non_finite_rows = cell_row[kept & ~np.isfinite(cell_value)]
-        problems = self._problems(names, present, non_finite_rows, channels, allow_missing)
+        huge_rows = cell_row[kept & np.isfinite(cell_value) & (np.abs(cell_value) > MAX_READING)]
+        problems = self._problems(names, present, non_finite_rows, huge_rows, channels, allow_missing)
         devices = joined["device_id"]
         for row, (reason, why) in problems.items():
             bad.append(BadMessage(int(index[row]), reason, "ValueError", f"{devices[row]}: {why}"))
@@ -515,6 +522,7 @@ class _Decoded:
         names: tuple[str, ...],
         present: np.ndarray,
         non_finite_rows: np.ndarray,
+        huge_rows: np.ndarray,
         channels: tuple[str, ...] | None,
         allow_missing: bool,
     ) -> dict[int, tuple[str, str]]:
@@ -525,6 +533,8 @@ class _Decoded:
                 problems[row] = (MISSING_CHANNEL, f"channels {missing} missing")
         for row in np.unique(non_finite_rows).tolist():
             problems.setdefault(row, (NON_FINITE, "non-finite readings"))
+        for row in np.unique(huge_rows).tolist():
+            problems.setdefault(row, (OUT_OF_RANGE, f"readings beyond +-{MAX_READING:g}: not a measurement"))
         return problems
 
 

@@ -22,8 +22,10 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 from anomstream.errors import KafkaClientError
 from anomstream.serde import (
     BAD_MAGIC,
+    MAX_READING,
     MISSING_CHANNEL,
     NON_FINITE,
+    OUT_OF_RANGE,
     UNDECODABLE,
     UNKNOWN_SCHEMA,
     AnomalyColumns,
@@ -56,7 +58,7 @@ def sample_batch() -> TelemetryBatch:
     values = batch.values.copy()
     values[5, 1] = np.nan
     values[7, :] = np.nan
-    values[9, 0] = -1e300
+    values[9, 0] = -1e15  # large, negative, and still a usable reading (below serde.MAX_READING)
     label = batch.label.copy()
     label[::4] = NO_LABEL
     return TelemetryBatch(batch.device_id, batch.event_time_ms, batch.seq, batch.channels, values, label)
@@ -161,6 +163,22 @@ def test_missing_and_non_finite_channels(registry: SchemaRegistryClient, subject
     lenient = TelemetryDecoder(registry, channels=batch.channels, allow_missing=True).decode(messages)
     assert {bad.index: bad.reason for bad in lenient.bad} == {2: NON_FINITE}
     assert np.isnan(lenient.batch.values[1, 2])
+
+
+def test_readings_too_large_for_the_arithmetic_are_out_of_range(
+    registry: SchemaRegistryClient, subject_topic: str
+) -> None:
+    batch = generate_fleet(FleetSpec(devices=1, records=4, channels=3))
+    values = batch.values.copy()
+    values[0, 1] = MAX_READING  # the largest usable reading
+    values[1, 1] = -1e300  # finite, but it would overflow features and poison the device's rolling window
+    values[2, 0] = np.nextafter(MAX_READING, np.inf)
+    sent = TelemetryBatch(batch.device_id, batch.event_time_ms, batch.seq, batch.channels, values, batch.label)
+    result = TelemetryDecoder(registry, channels=batch.channels).decode(
+        TelemetryEncoder(registry, subject_topic).encode(sent)
+    )
+    assert {bad.index: bad.reason for bad in result.bad} == {1: OUT_OF_RANGE, 2: OUT_OF_RANGE}
+    assert result.index.tolist() == [0, 3]
 
 
 class _Unavailable(http.server.BaseHTTPRequestHandler):
@@ -325,6 +343,8 @@ def test_column_wise_decoding_agrees_with_fastavro_on_corrupt_input(
             assert bad.get(i) == UNDECODABLE, (i, record)
         elif not all(np.isfinite(list(record["channels"].values()))):
             assert bad.get(i) == NON_FINITE, (i, record)
+        elif not all(abs(v) <= MAX_READING for v in record["channels"].values()):  # a flipped exponent bit
+            assert bad.get(i) == OUT_OF_RANGE, (i, record)
         else:
             r = rows[i]
             got = {

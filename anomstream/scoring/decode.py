@@ -9,9 +9,9 @@ at once: every step is a handful of numpy operations over the batch (varints dec
 column), so the cost per record is well under a microsecond.
 
 It is a fast path, not a second decoder: any record it is not certain about (another writer schema, a
-malformed varint, a key that is not one of the model's channels, a missing or non-finite reading, a
-duplicate key, trailing bytes) is handed to :class:`~anomstream.serde.TelemetryDecoder`, which decides
-whether it is good and, if not, why (the dead-letter reasons). Good records therefore decode to the same
+malformed varint, a key that is not one of the model's channels, a missing, non-finite or out-of-range
+reading, a duplicate key, trailing bytes) is handed to :class:`~anomstream.serde.TelemetryDecoder`, which
+decides whether it is good and, if not, why (the dead-letter reasons). Good records therefore decode to the same
 values either way; ``tests/test_scoring_decode.py`` checks that against serde on valid and fuzzed input.
 """
 
@@ -24,7 +24,7 @@ import numpy as np
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
 from anomstream.avro_batch import avro_string
-from anomstream.serde import MAGIC_BYTE, BadMessage, DecodeResult, TelemetryDecoder
+from anomstream.serde import MAGIC_BYTE, MAX_READING, BadMessage, DecodeResult, TelemetryDecoder
 from anomstream.telemetry import NO_LABEL, TelemetryBatch
 
 _MAX_VARINT_BYTES = 10
@@ -120,7 +120,7 @@ def _parse(framed: _Frame, rows: np.ndarray, keys: list[np.ndarray]) -> _Parsed:
     seq, pos = _varints(buf, pos, end, ok)
     values, pos = _channel_map(buf, pos, end, ok, keys)
     label, pos = _optional_int(buf, pos, end, ok)
-    ok &= (pos == end) & np.isfinite(values).all(axis=1)
+    ok &= (pos == end) & (np.abs(values) <= MAX_READING).all(axis=1)  # False for NaN: the slow path decides
     keep = np.flatnonzero(ok)
     return _Parsed(rows[keep], device_id[keep], event_time[keep], seq[keep], values[keep], label[keep])
 
