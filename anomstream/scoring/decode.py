@@ -21,10 +21,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
 from anomstream.avro_batch import avro_string
-from anomstream.serde import MAGIC_BYTE, MAX_READING, BadMessage, DecodeResult, TelemetryDecoder
+from anomstream.serde import KEY_MISMATCH, MAGIC_BYTE, MAX_READING, BadMessage, DecodeResult, TelemetryDecoder
 from anomstream.telemetry import NO_LABEL, TelemetryBatch
 
 _MAX_VARINT_BYTES = 10
@@ -303,3 +304,36 @@ def _as_channels(batch: TelemetryBatch, channels: tuple[str, ...]) -> TelemetryB
         if name in batch.channels:
             values[:, j] = batch.values[:, batch.channels.index(name)]
     return TelemetryBatch(batch.device_id, batch.event_time_ms, batch.seq, channels, values, batch.label)
+
+
+def reject_foreign_keys(result: DecodeResult, keys: Sequence[bytes | None]) -> DecodeResult:
+    """``result`` with every record whose message key is not its device id moved to the bad ones.
+
+    The key is the device id (DESIGN.md) so that a device's readings share one partition, hence one scorer
+    and one history. A reading keyed otherwise (no key, an empty one, another device's) lands where its
+    device's history is not: it would be scored without that history and left out of it, so that neither it
+    nor the device's next readings would score as offline. It is a ``key-mismatch`` dead letter instead.
+
+    Args:
+        result: what the message values decoded to.
+        keys: the messages' keys, in the order of the values that were decoded.
+    """
+    if not len(result.index):
+        return result
+    codes, devices = pd.factorize(result.batch.device_id)
+    expected = np.array([str(device).encode() for device in devices], dtype=object)[codes]
+    got = np.empty(len(result.index), dtype=object)
+    got[:] = [keys[i] for i in result.index.tolist()]
+    foreign = np.flatnonzero(got != expected)
+    if not len(foreign):
+        return result
+    rejected = [
+        BadMessage(int(result.index[row]), KEY_MISMATCH, "ValueError",
+                   f"key {got[row]!r} is not the device id {result.batch.device_id[row]!r}: key each reading by "
+                   "its device id, so that a device stays on one partition")  # fmt: skip
+        for row in foreign.tolist()
+    ]
+    keep = np.ones(len(result.index), dtype=bool)
+    keep[foreign] = False
+    bad = sorted([*result.bad, *rejected], key=lambda b: b.index)
+    return DecodeResult(result.batch.take(keep), result.index[keep], bad, result.extra_channels)

@@ -5,8 +5,8 @@ The headers follow Kafka Connect's dead-letter-queue convention (``errors.deadle
 ``.stage``, ``.class.name``, ``.exception.class.name``, ``.exception.message``, all UTF-8 strings, so tools
 written for Connect's DLQs read ours. One more header, ``reason``, holds a short machine-readable cause
 (:data:`anomstream.serde.REASONS`: ``bad-magic``, ``undecodable``, ``unknown-schema``, ``missing-channel``,
-``non-finite``, ``out-of-range``) for alerting and replay tooling. The original key, value and headers come
-first, unchanged.
+``non-finite``, ``out-of-range``, ``key-mismatch``) for alerting and replay tooling. The original key, value
+and headers come first, unchanged.
 """
 
 from __future__ import annotations

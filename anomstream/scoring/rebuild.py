@@ -27,7 +27,7 @@ from confluent_kafka import Consumer, KafkaError, TopicPartition
 from anomstream.config import KafkaSettings
 from anomstream.errors import KafkaClientError
 from anomstream.kafka_config import consumer_config
-from anomstream.scoring.decode import ColumnarTelemetryDecoder
+from anomstream.scoring.decode import ColumnarTelemetryDecoder, reject_foreign_keys
 from anomstream.scoring.state import DeviceHistory, empty_batch
 from anomstream.telemetry import TelemetryBatch
 
@@ -145,6 +145,7 @@ class HistoryRebuilder:
         """Good records of ``[start, end)`` per partition, in offset order per partition."""
         todo = {p: r for p, r in ranges.items() if r[1] > r[0]}
         values: list[bytes | None] = []
+        keys: list[bytes | None] = []
         partitions: list[int] = []
         offsets: list[int] = []
         self._consumer.assign([TopicPartition(self.topic, p, start) for p, (start, _) in todo.items()])
@@ -159,6 +160,7 @@ class HistoryRebuilder:
                     p, offset = message.partition() or 0, message.offset() or 0
                     if p in todo and offset < todo[p][1]:
                         values.append(message.value())
+                        keys.append(message.key())
                         partitions.append(p)
                         offsets.append(offset)
                 if self._drop_finished(todo):
@@ -171,7 +173,8 @@ class HistoryRebuilder:
         order = np.lexsort((np.asarray(offsets), np.asarray(partitions)))
         if not values:
             return empty_batch(decoder.channels), np.empty(0, dtype=np.int32)
-        result = decoder.decode([values[i] for i in order])
+        # the records the previous owner scored: not the bad ones, nor those keyed by another than their device
+        result = reject_foreign_keys(decoder.decode([values[i] for i in order]), [keys[i] for i in order])
         return result.batch, np.asarray(partitions, dtype=np.int32)[order][result.index]
 
     def _drop_finished(self, todo: dict[int, tuple[int, int]]) -> bool:

@@ -21,13 +21,16 @@ import time
 import uuid
 from pathlib import Path
 
+import numpy as np
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
 from anomstream.config import KafkaSettings
 from anomstream.errors import AnomstreamError
 from anomstream.kafka_config import consumer_config
+from anomstream.model import AnomalyModel
 from anomstream.model_store import LoadedModel, ModelStore
 from anomstream.scoring.metrics import ScorerMetrics
+from anomstream.telemetry import NO_LABEL, TelemetryBatch
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +46,25 @@ def resolve_device(setting: str) -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def warm_up(model: AnomalyModel) -> None:
+    """Score a few made-up readings of every device with its own detector (and of an unknown one).
+
+    Detectors build their scoring structures on first use (compiled trees, tables, CUDA kernels); doing it
+    here, off the scoring loop, keeps the first batch after a start or a swap as fast as the others.
+    """
+    devices = [*model.device_detectors, "anomstream-warm-up"]
+    rows = 2 * len(devices)
+    batch = TelemetryBatch(
+        device_id=np.array([d for d in devices for _ in range(2)], dtype=object),
+        event_time_ms=np.zeros(rows, dtype=np.int64),
+        seq=np.tile(np.arange(2, dtype=np.int64), len(devices)),
+        channels=model.channels,
+        values=np.zeros((rows, len(model.channels))),
+        label=np.full(rows, NO_LABEL, dtype=np.int8),
+    )
+    model.score(batch, explain="all")
 
 
 class ModelSource:
@@ -130,6 +152,7 @@ class ModelSource:
             logger.error("refusing model %s version %d, keeping the one serving: %s", name, version, exc)
             return None
         self.name = name  # stick to it: a later model of another name does not replace it
+        warm_up(loaded.model)
         logger.info("loaded model %s version %d (%s) on %s", name, version, loaded.model.detector_name, self.device)
         return loaded
 

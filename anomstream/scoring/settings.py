@@ -26,7 +26,7 @@ class ScorerSettings(BaseSettings):
     transactional_id: str = env(
         "ANOMSTREAM_TRANSACTIONAL_ID", "", "transactional.id (empty: <group>-<host>-<pid>, unique per process)"
     )
-    batch_size: int = env("ANOMSTREAM_SCORER_BATCH_SIZE", 10_000, "most records consumed and scored at once", ge=1)
+    batch_size: int = env("ANOMSTREAM_SCORER_BATCH_SIZE", 20_000, "most records consumed and scored at once", ge=1)
     batch_timeout: float = env(
         "ANOMSTREAM_SCORER_BATCH_TIMEOUT", 0.02, "longest wait (s) to fill a batch: bounds added latency", gt=0
     )
