@@ -125,14 +125,24 @@ class Server:
 
 
 def _cmdline(pid: int) -> str | None:
-    """The process's command line, or None when it no longer runs (zombies count as gone)."""
-    try:
-        status = Path(f"/proc/{pid}/stat").read_text()
-        if status.rsplit(")", 1)[1].split()[0] == "Z":
+    """The process's command line, or None when it no longer runs (zombies count as gone).
+
+    A starting JVM reads for a moment with an empty command line (the java launcher executes itself again):
+    that is waited out, up to two seconds, rather than taken for a stale pid file, which would remove the
+    pid file of a server just started and report it dead while it runs on, orphaned.
+    """
+    deadline = time.monotonic() + 2.0
+    while True:
+        try:
+            status = Path(f"/proc/{pid}/stat").read_text()
+            if status.rsplit(")", 1)[1].split()[0] == "Z":
+                return None
+            raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (FileNotFoundError, ProcessLookupError, IndexError):
             return None
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return None
+        if raw or time.monotonic() > deadline:
+            return raw.replace(b"\0", b" ").decode(errors="replace")
+        time.sleep(0.01)
 
 
 def _port_open(port: int) -> bool:
