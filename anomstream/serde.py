@@ -41,7 +41,8 @@ UNKNOWN_SCHEMA = "unknown-schema"
 MISSING_CHANNEL = "missing-channel"
 NON_FINITE = "non-finite"
 OUT_OF_RANGE = "out-of-range"
-REASONS = (BAD_MAGIC, UNDECODABLE, UNKNOWN_SCHEMA, MISSING_CHANNEL, NON_FINITE, OUT_OF_RANGE)
+KEY_MISMATCH = "key-mismatch"  # found by the scorer (message keys are not serde's business)
+REASONS = (BAD_MAGIC, UNDECODABLE, UNKNOWN_SCHEMA, MISSING_CHANNEL, NON_FINITE, OUT_OF_RANGE, KEY_MISMATCH)
 # Largest usable reading magnitude. No measurement comes near it, and below it the feature arithmetic stays
 # finite whatever the training statistics: standardised twice against spreads floored at 1e-6, a reading
 # stays within float32 (which the detectors compute in), and its square within float64 (rolling statistics).

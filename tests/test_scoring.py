@@ -16,10 +16,18 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from anomstream.detectors.iforest import IsolationForestDetector, _CompiledForest
 from anomstream.model import AnomalyModel
 from anomstream.scoring.anomalies import score_batch
-from anomstream.scoring.decode import ColumnarTelemetryDecoder
+from anomstream.scoring.decode import ColumnarTelemetryDecoder, reject_foreign_keys
 from anomstream.scoring.dlq import CONNECT_PREFIX, REASON_HEADER, SourceRecord, dead_letter
 from anomstream.scoring.state import DeviceHistory
-from anomstream.serde import NON_FINITE, BadMessage, TelemetryDecoder, TelemetryEncoder, load_schema, wire_header
+from anomstream.serde import (
+    KEY_MISMATCH,
+    NON_FINITE,
+    BadMessage,
+    TelemetryDecoder,
+    TelemetryEncoder,
+    load_schema,
+    wire_header,
+)
 from anomstream.synthetic import FleetSpec, generate_fleet
 from anomstream.telemetry import NO_LABEL, TelemetryBatch
 
@@ -130,6 +138,22 @@ def test_scores_do_not_depend_on_batch_boundaries(detector: str, params: dict[st
     assert offline.flagged.sum() > 5
     assert np.array_equal(flagged, offline.flagged)
     assert np.array_equal(scores[flagged], offline.score[flagged])  # bit for bit, whatever the boundaries
+
+
+def test_records_not_keyed_by_their_device_are_key_mismatches(registry: SchemaRegistryClient) -> None:
+    encoder = TelemetryEncoder(registry, f"pytest_scoring_{uuid.uuid4().hex[:8]}")
+    batch = _fleet(devices=3, records=6)
+    values: list[bytes | None] = [*encoder.encode(batch), b"\x07not avro"]
+    keys = [str(d).encode() for d in batch.device_id] + [b"anything"]
+    keys[1], keys[2], keys[4] = b"", None, str(batch.device_id[0]).encode() + b"x"  # empty, absent, another
+    decoded = ColumnarTelemetryDecoder(registry, batch.channels).decode(values)
+
+    result = reject_foreign_keys(decoded, keys)
+    assert result.index.tolist() == [0, 3, 5]
+    assert result.batch.device_id.tolist() == [batch.device_id[i] for i in (0, 3, 5)]
+    assert [(b.index, b.reason) for b in result.bad] == [(1, KEY_MISMATCH), (2, KEY_MISMATCH),
+                                                          (4, KEY_MISMATCH), (6, "bad-magic")]  # fmt: skip
+    assert reject_foreign_keys(decoded, [str(d).encode() for d in batch.device_id] + [None]) is decoded
 
 
 def test_dead_letter_keeps_the_record_and_says_why() -> None:
