@@ -83,9 +83,15 @@ class Cluster:
         assert up.returncode == 0, f"restarting servers of {self.stack_dir} failed:\n{up.stdout}\n{up.stderr}"
 
     def down(self) -> None:
-        """``anomstream stack down`` for a private stack (never the shared one)."""
-        if self.stack_dir is not None:
-            anomstream("stack", "down", env=self.env, timeout=180)
+        """``anomstream stack down`` for a private stack (never the shared one), and any server it lost track
+        of (started, but its pid file gone): each carries this stack's folder in its command line."""
+        if self.stack_dir is None:
+            return
+        anomstream("stack", "down", env=self.env, timeout=180)
+        marker = f"-Danomstream.stack={self.stack_dir}:"
+        for process in psutil.process_iter(["pid", "cmdline"]):
+            if any(arg.startswith(marker) for arg in process.info["cmdline"] or []):
+                process.kill()
 
 
 def _alive(pid: int) -> bool:
