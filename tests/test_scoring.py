@@ -144,7 +144,7 @@ def test_records_not_keyed_by_their_device_are_key_mismatches(registry: SchemaRe
     encoder = TelemetryEncoder(registry, f"pytest_scoring_{uuid.uuid4().hex[:8]}")
     batch = _fleet(devices=3, records=6)
     values: list[bytes | None] = [*encoder.encode(batch), b"\x07not avro"]
-    keys: list[bytes | None] = [str(d).encode() for d in batch.device_id] + [b"anything"]
+    keys: list[bytes | None] = [*(str(d).encode() for d in batch.device_id), b"anything"]
     keys[1], keys[2], keys[4] = b"", None, str(batch.device_id[0]).encode() + b"x"  # empty, absent, another
     decoded = ColumnarTelemetryDecoder(registry, batch.channels).decode(values)
 
