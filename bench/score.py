@@ -190,6 +190,7 @@ def finish_scorer(process: subprocess.Popen[bytes], log: Path, timeout_s: float)
         "records_per_s": scored / active if active else 0.0,
         "anomalies": int(summary.get("anomalies", 0)),
         "rss_mb": usage.ru_maxrss / 1024,  # kilobytes on Linux
+        "cpu_s": usage.ru_utime + usage.ru_stime,
     }
 
 
@@ -250,7 +251,9 @@ def latency(run: Run, model_name: str) -> dict[str, Any]:
     reader.stop()
     rounds = [_percentiles([d for e, d in reader.delays_ms if lo <= e <= hi]) for lo, hi in windows]
     best = min(rounds, key=lambda r: r["p99_ms"] if r["anomalies"] else float("inf"))
-    return best | {"sent": len(rows), "rounds": rounds, "rss_mb": result["rss_mb"]}
+    busy_s = sum(hi - lo for lo, hi in windows) / 1000
+    return best | {"sent": len(rows), "rounds": rounds, "rss_mb": result["rss_mb"], "cpu_s": result["cpu_s"],
+                   "cpu_per_s_of_rounds": result["cpu_s"] / busy_s if busy_s else 0.0}  # fmt: skip
 
 
 def _round_slices(warm_up: int, per_round: int, rounds: int) -> list[tuple[int, int]]:
