@@ -1,10 +1,10 @@
-"""Exactly-once batch commits against the real broker: a transaction call that never returns.
+"""Exactly-once batch commits against the real broker when the transactional producer fails mid-commit.
 
 librdkafka can ignore the timeout of ``send_offsets_to_transaction`` when the coordinator went away
-(librdkafka issues #5456, #5511); the reliability suite's broker outage wedged scorers that way for good.
-Here a producer whose call blocks stands in for it: the batch must count as aborted, a new producer with the
-same ``transactional.id`` must take over (fencing the wedged one and aborting its open transaction), and
-only the next, committed batch may be visible to ``read_committed`` readers.
+(librdkafka issues #5456, #5511), and a coordinator failover can fail the producer fatally; the reliability
+suite met both. Stand-ins for them here: a producer whose call blocks, and one that fails fatally once its
+commit went through. Either way a new producer with the same ``transactional.id`` must take over, and the
+batch must count as committed exactly when it was: nothing lost, nothing visible twice.
 """
 
 from __future__ import annotations
@@ -14,13 +14,27 @@ import uuid
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from anomstream.config import TopicSettings
 from anomstream.kafka_config import consumer_config, producer_config
 from anomstream.scoring import commit
 from anomstream.scoring.commit import TransactionalCommit
 from tests.conftest import Stack
+
+
+class _FailingAfterCommit:
+    """A producer whose ``commit_transaction`` commits, then reports a fatal error (all else is the real one)."""
+
+    def __init__(self, inner: Producer) -> None:
+        self._inner = inner
+
+    def commit_transaction(self, *args: Any) -> None:
+        self._inner.commit_transaction(*args)
+        raise KafkaException(KafkaError(KafkaError.INVALID_TXN_STATE, "stand-in for a failover", fatal=True))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
 
 
 class _Wedging:
@@ -57,7 +71,8 @@ def test_a_wedged_transaction_call_aborts_the_batch_and_a_new_producer_takes_ove
     kafka, group = stack.kafka_settings, f"pytest-wedge-{uuid.uuid4().hex[:8]}"
     conf = producer_config(kafka, "pytest-wedge") | {"transactional.id": group, "transaction.timeout.ms": 60_000}
     batches = TransactionalCommit(conf)
-    consumer = Consumer(consumer_config(kafka, group, "pytest-wedge"))  # group metadata only: never subscribes
+    consumer = Consumer(consumer_config(kafka, group, "pytest-wedge"))
+    consumer.assign([TopicPartition(topics.telemetry_topic, 0)])  # the batch's partition is this member's
     release = threading.Event()
     wedged = batches.producer
     batches.producer = _Wedging(wedged, release)  # type: ignore[assignment]
@@ -75,5 +90,27 @@ def test_a_wedged_transaction_call_aborts_the_batch_and_a_new_producer_takes_ove
         assert committed[0].offset == 5
     finally:
         release.set()
+        batches.close()
+        consumer.close()
+
+
+@pytest.mark.slow
+def test_a_producer_failing_after_its_commit_went_through_counts_the_batch_as_committed(
+    stack: Stack, topics: TopicSettings
+) -> None:
+    kafka, group = stack.kafka_settings, f"pytest-fatal-{uuid.uuid4().hex[:8]}"
+    batches = TransactionalCommit(producer_config(kafka, "pytest-fatal") | {"transactional.id": group})
+    consumer = Consumer(consumer_config(kafka, group, "pytest-fatal"))
+    consumer.assign([TopicPartition(topics.telemetry_topic, 0)])
+    failing = batches.producer
+    batches.producer = _FailingAfterCommit(failing)  # type: ignore[assignment]
+    offsets = [TopicPartition(topics.telemetry_topic, 0, 7)]
+    try:
+        batch = [(topics.anomaly_topic, {"key": b"d", "value": b"committed once"})]
+        assert batches.commit(batch, offsets, consumer) is True  # not redone: that would be a duplicate
+        assert batches.replaced == 1 and batches.aborted == 0 and batches.producer is not failing
+        assert batches.commit([], [TopicPartition(topics.telemetry_topic, 0, 8)], consumer) is True
+        assert _committed_values(stack, topics.anomaly_topic) == [b"committed once"]
+    finally:
         batches.close()
         consumer.close()

@@ -7,13 +7,16 @@ batch's records exactly when its offsets are committed. A transaction that must 
 behind; the caller rewinds and scores the batch again. Retriable errors of the commit calls are retried
 (librdkafka's own rules for which calls may be repeated); fatal ones end the scorer.
 
-A transaction call can also never return: librdkafka may ignore the timeout of
-``send_offsets_to_transaction`` while the coordinator is away (librdkafka issues #5456 and #5511; the
-reliability suite's broker-outage scenario wedged both scorers this way, for good, once the broker was
-back). So each call runs in a helper thread and is given up after its timeout and a margin; the wedged
-producer is then set aside (never closed: a thread is still inside it) and replaced by a new one with the
-same ``transactional.id``, whose ``init_transactions`` fences it and aborts its open transaction. The batch
-counts as aborted and is redone.
+The producer itself can fail mid-commit. A transaction call may never return: librdkafka can ignore the
+timeout of ``send_offsets_to_transaction`` while the coordinator is away (librdkafka issues #5456 and
+#5511; the reliability suite's broker outage wedged both scorers this way, for good). Or a coordinator
+failover makes the producer fail fatally (``INVALID_TXN_STATE`` when the reliability suite killed one of
+three brokers). Each call therefore runs in a helper thread and is given up after its timeout and a margin,
+and a wedged or fatally failed producer is replaced by a new one with the same ``transactional.id``, whose
+``init_transactions`` fences the old one and completes its transaction one way or the other (a wedged one
+is set aside, never closed: a thread is still inside it). Whether the batch was committed is then read
+from the group's committed offsets: committed, it counts as done; else as aborted, to be redone. Only a
+producer fenced by another process, or denied access, ends the scorer.
 
 At-least-once (:class:`AtLeastOnceCommit`): produce, flush, and only then commit the offsets; a crash
 between the two replays the batch (duplicates possible, no loss).
@@ -38,6 +41,10 @@ Output = tuple[str, dict[str, Any]]  # (topic, Producer.produce keyword argument
 CALL_TIMEOUT_S = 30.0
 RETRY_FOR_S = 120.0  # give up retrying a transaction call after this long, and abort instead
 WEDGED_AFTER_S = CALL_TIMEOUT_S + 15.0  # a call still running this long after it began is not coming back
+REPLACEMENTS_PER_HOUR = 10  # beyond this something is wrong that replacing the producer does not fix
+# Fatal errors that a new producer would only run into again (or that fence another process): not replaced.
+_FINAL = {"PRODUCER_FENCED", "TRANSACTIONAL_ID_AUTHORIZATION_FAILED", "CLUSTER_AUTHORIZATION_FAILED",
+          "TOPIC_AUTHORIZATION_FAILED", "GROUP_AUTHORIZATION_FAILED"}  # fmt: skip
 
 
 class BatchCommit(Protocol):
@@ -68,9 +75,14 @@ class TransactionalCommit:
     def __init__(self, producer_conf: dict[str, Any]) -> None:
         self._conf = producer_conf
         self.aborted = 0
-        self.replaced = 0
-        self._wedged: list[Producer] = []  # kept referenced: a helper thread may still be inside them
+        self._replaced_at: list[float] = []
+        self._retired: list[Producer] = []  # kept referenced: a helper thread may still be inside one
         self.producer = self._initialised_producer()
+
+    @property
+    def replaced(self) -> int:
+        """How many times the producer was replaced."""
+        return len(self._replaced_at)
 
     def _initialised_producer(self) -> Producer:
         producer = Producer(self._conf)
@@ -84,13 +96,55 @@ class TransactionalCommit:
         """Produce ``outputs`` and commit ``offsets`` atomically; ``False`` if the transaction was aborted."""
         try:
             return self._commit(outputs, offsets, consumer)
-        except _Wedged as exc:
-            logger.error("%s: replacing the transactional producer; it is fenced and its transaction aborted", exc)
-            self._wedged.append(self.producer)
-            self.producer = self._initialised_producer()
-            self.replaced += 1
-            self.aborted += 1
-            return False
+        except (_Wedged, KafkaException) as exc:
+            error = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None
+            if isinstance(error, KafkaError) and (not error.fatal() or error.name() in _FINAL):
+                raise wrap_kafka_error(exc, "exactly-once commit of a scored batch") from exc  # type: ignore[arg-type]
+            self._replace(exc)
+        if self._committed_after_all(offsets, consumer):
+            return True
+        self.aborted += 1
+        return False
+
+    def _replace(self, failure: BaseException) -> None:
+        """Set the failed producer aside and take a new one with the same ``transactional.id``."""
+        now = time.monotonic()
+        self._replaced_at = [t for t in self._replaced_at if now - t < 3600.0] + [now]
+        if len(self._replaced_at) > REPLACEMENTS_PER_HOUR:
+            raise KafkaClientError(f"transactional producer failed again ({failure}) after {REPLACEMENTS_PER_HOUR} "
+                                   "replacements within an hour: giving up", "TXN_PRODUCER_FAILING")  # fmt: skip
+        logger.error("transactional producer failed mid-commit (%s): replacing it", failure)
+        self._retired.append(self.producer)
+        self.producer = self._initialised_producer()
+
+    def _committed_after_all(self, offsets: list[TopicPartition], consumer: Consumer) -> bool:
+        """Whether a batch whose producer failed mid-commit was committed (the new producer's initialisation
+        completed its transaction one way or the other); read from the group's committed offsets of the
+        batch's partitions this member still owns, which only this member commits."""
+        owned = {(tp.topic, tp.partition) for tp in consumer.assignment()}
+        mine = [tp for tp in offsets if (tp.topic, tp.partition) in owned]
+        if not mine:
+            return False  # nothing to redo here: the partitions' new owners start from the committed offsets
+        deadline = time.monotonic() + RETRY_FOR_S
+        problem: object
+        while True:
+            try:
+                found = consumer.committed([TopicPartition(tp.topic, tp.partition) for tp in mine], CALL_TIMEOUT_S)
+                problem = next((f.error for f in found if f.error is not None), None)
+            except KafkaException as exc:
+                problem = exc
+            if problem is None:
+                break
+            if time.monotonic() > deadline:
+                raise KafkaClientError(f"cannot tell whether a batch was committed ({problem}): stopping rather "
+                                       "than risk a gap or a duplicate", "TXN_OUTCOME_UNKNOWN")  # fmt: skip
+            time.sleep(1.0)
+        done = [f.offset >= tp.offset for f, tp in zip(found, mine, strict=True)]
+        if all(done) != any(done):
+            raise KafkaClientError(f"a batch's transaction is committed for some partitions only: {found}",
+                                   "TXN_OUTCOME_INCONSISTENT")  # fmt: skip
+        logger.warning("the batch's transaction was %s", "committed after all" if all(done) else "aborted")
+        return all(done)
 
     def _commit(self, outputs: list[Output], offsets: list[TopicPartition], consumer: Consumer) -> bool:
         try:
@@ -103,7 +157,9 @@ class TransactionalCommit:
             return True
         except KafkaException as exc:
             error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
-            if error is None or error.fatal() or not (error.txn_requires_abort() or error.retriable()):
+            if error is not None and error.fatal():
+                raise  # commit() decides: replace the producer, or stop
+            if error is None or not (error.txn_requires_abort() or error.retriable()):
                 raise wrap_kafka_error(exc, "exactly-once commit of a scored batch") from exc
             logger.warning("aborting the batch's transaction: %s", error.str())
             _retry(lambda: self.producer.abort_transaction(CALL_TIMEOUT_S), "aborting")
