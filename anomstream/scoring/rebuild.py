@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from anomstream.config import KafkaSettings
 from anomstream.errors import KafkaClientError
@@ -186,7 +186,13 @@ class HistoryRebuilder:
         return bool(finished)
 
     def _watermarks(self, partition: int) -> tuple[int, int]:
-        low, high = self._consumer.get_watermark_offsets(TopicPartition(self.topic, partition), timeout=10.0)
+        try:
+            low, high = self._consumer.get_watermark_offsets(TopicPartition(self.topic, partition), timeout=10.0)
+        except KafkaException as exc:
+            # The partition was just assigned to us, so it exists: its leader is moving (a broker went down) or
+            # the metadata has not caught up yet. Transient: the scorer pauses and rebuilds again.
+            why = f"watermarks of {self.topic}[{partition}]: {exc}"
+            raise KafkaClientError(why, "WATERMARKS", retriable=True) from exc
         return int(low), int(high)
 
 
