@@ -42,9 +42,6 @@ from tests.reliability.stacks import Cluster
 FLEET_DEVICES = 20
 FLEET_SEED = 7
 MODEL_NAME = "fleet"
-# A killed member leaves the group after its session timeout: the broker's minimum, so that its
-# partitions move on within seconds (librdkafka's default is 45 s). Passed through as users would.
-FAST_GROUP = {"session.timeout.ms": "6000", "heartbeat.interval.ms": "1000"}
 SCORER_IDLE_EXIT_S = 180  # a safety net only: scenarios stop their scorers with SIGTERM
 COUNTS: list[str] = []  # every scenario's counts line, printed again in the terminal summary
 
@@ -193,9 +190,8 @@ class Scenario:
         return process
 
     def start_scorer(self) -> Process:
-        """A new member of the scorer group."""
-        env = self.env(ANOMSTREAM_KAFKA_EXTRA_CONFIG=json.dumps(FAST_GROUP))
-        return self.spawn("scorer", "score", "--idle-exit", str(SCORER_IDLE_EXIT_S), env=env)
+        """A new member of the scorer group, with the settings it ships with."""
+        return self.spawn("scorer", "score", "--idle-exit", str(SCORER_IDLE_EXIT_S))
 
     def scorers(self) -> list[Process]:
         """The scorers still running."""

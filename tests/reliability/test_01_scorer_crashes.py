@@ -28,10 +28,11 @@ SEED = 20_240_801
 
 def crash_moments(rng: random.Random, stream_s: float, kills: int, min_gap_s: float = 6.0) -> list[float]:
     """``kills`` random moments (s from the stream's start) inside it, at least ``min_gap_s`` apart."""
-    while True:
+    for _ in range(10_000):
         moments = sorted(rng.uniform(0.05 * stream_s, 0.9 * stream_s) for _ in range(kills))
         if all(b - a >= min_gap_s for a, b in zip(moments, moments[1:], strict=False)):
             return moments
+    raise AssertionError(f"{kills} moments {min_gap_s} s apart do not fit in a {stream_s:.0f} s stream")
 
 
 @pytest.mark.reliability

@@ -22,7 +22,7 @@ from tests.reliability.scenario import MODEL_NAME, Scenario, fleet_spec
 from tests.reliability.stacks import Cluster
 
 RECORDS = 120_000
-RATE = 2_000.0  # records/s: a 60 s stream
+RATE = 1_500.0  # records/s: an 80 s stream
 CYCLES = 2
 SEED = 7_022
 
@@ -46,8 +46,10 @@ def test_scaling_one_three_one_while_streaming_loses_and_duplicates_nothing(
         out_at, in_at = cycle_s * (cycle + rng.uniform(0.1, 0.4)), cycle_s * (cycle + rng.uniform(0.6, 0.9))
         time.sleep(max(began + out_at - time.monotonic(), 0.0))
         joined = [scenario.start_scorer(), scenario.start_scorer()]
+        for scorer in joined:  # members that never joined would make no storm
+            scorer.wait_for(r"^assigned partitions \[\d", timeout_s=90)
         events.append(f"1->3 at {time.monotonic() - began:.1f} s")
-        time.sleep(max(began + in_at - time.monotonic(), 0.0))
+        time.sleep(max(began + in_at - time.monotonic(), 2.0))  # and each scores a little before leaving
         for scorer in joined:
             scenario.kill(scorer, signal.SIGTERM)
         events.append(f"3->1 at {time.monotonic() - began:.1f} s")
