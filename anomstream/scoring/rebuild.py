@@ -15,6 +15,7 @@ which went to the dead-letter topic, are skipped by both).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import uuid
@@ -190,7 +191,11 @@ class HistoryRebuilder:
             low, high = self._consumer.get_watermark_offsets(TopicPartition(self.topic, partition), timeout=10.0)
         except KafkaException as exc:
             # The partition was just assigned to us, so it exists: its leader is moving (a broker went down) or
-            # the metadata has not caught up yet. Transient: the scorer pauses and rebuilds again.
+            # the metadata has not caught up yet. Transient: the scorer pauses and rebuilds again. Look-ups sent
+            # to a dead leader only time out, and librdkafka would not learn the new one before its periodic
+            # metadata refresh (5 minutes): ask for the topic's metadata now, so the next try finds the leader.
+            with contextlib.suppress(KafkaException):
+                self._consumer.list_topics(self.topic, timeout=5.0)
             why = f"watermarks of {self.topic}[{partition}]: {exc}"
             raise KafkaClientError(why, "WATERMARKS", retriable=True) from exc
         return int(low), int(high)
