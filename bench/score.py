@@ -178,11 +178,19 @@ def start_scorer(env: dict[str, str], log: Path, *args: str) -> subprocess.Popen
 
 
 def finish_scorer(process: subprocess.Popen[bytes], log: Path, timeout_s: float) -> dict[str, Any]:
-    """Wait for the scorer (killed after ``timeout_s``); its summary and peak RSS (``wait4``)."""
+    """Wait for the scorer (killed after ``timeout_s``); its summary, CPU time and peak RSS.
+
+    The peak RSS is the process's own high-water mark (``VmHWM`` in ``/proc/PID/status``), read until it
+    exits: ``wait4``'s ``ru_maxrss`` is the largest of all children so far on some kernels (gVisor).
+    """
     timer = threading.Timer(timeout_s, process.kill)
     timer.start()
+    peak_kb = [0]
+    watcher = threading.Thread(target=_watch_peak_rss, args=(process.pid, peak_kb), daemon=True)
+    watcher.start()
     _, status, usage = os.wait4(process.pid, 0)
     timer.cancel()
+    watcher.join(2)
     process.returncode = os.waitstatus_to_exitcode(status)
     summary = next((e for e in _log_entries(log) if str(e.get("message", "")).startswith("scorer stopped")), {})
     scored, active = int(summary.get("records_scored", 0)), float(summary.get("active_s", 0.0))
@@ -192,9 +200,25 @@ def finish_scorer(process: subprocess.Popen[bytes], log: Path, timeout_s: float)
         "seconds": active,
         "records_per_s": scored / active if active else 0.0,
         "anomalies": int(summary.get("anomalies", 0)),
-        "rss_mb": usage.ru_maxrss / 1024,  # kilobytes on Linux
+        "rss_mb": (peak_kb[0] or usage.ru_maxrss) / 1024,  # kilobytes on Linux
         "cpu_s": usage.ru_utime + usage.ru_stime,
     }
+
+
+def _watch_peak_rss(pid: int, peak_kb: list[int]) -> None:
+    """Keep ``peak_kb[0]`` at the process's ``VmHWM`` until it is gone."""
+    status = Path(f"/proc/{pid}/status")
+    while True:
+        try:
+            text = status.read_text()
+        except OSError:
+            return
+        for line in text.splitlines():
+            if line.startswith("VmHWM:"):
+                peak_kb[0] = max(peak_kb[0], int(line.split()[1]))
+        if "State:\tZ" in text:  # exited, not yet reaped: the last reading stands
+            return
+        time.sleep(0.2)
 
 
 def _log_entries(log: Path) -> list[dict[str, Any]]:
