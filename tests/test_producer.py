@@ -209,7 +209,14 @@ def test_sigterm_flushes_in_flight_records_and_reports(stack: Any, topic: str) -
     process = subprocess.Popen(
         command, env=stack.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
-    time.sleep(4.0)
+    # signal only once records flow: on a loaded machine start-up alone can take several seconds
+    assert process.stderr is not None
+    deadline = time.monotonic() + 120
+    seen = ""
+    while "producing" not in seen and time.monotonic() < deadline and process.poll() is None:
+        seen = process.stderr.readline()
+    assert "producing" in seen, f"the producer never started producing: {seen!r}"
+    time.sleep(2.0)
     process.send_signal(signal.SIGTERM)
     stdout, stderr = process.communicate(timeout=90)
 
