@@ -3,13 +3,15 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-PYTEST_ARGS ?=
+# the fault suite (tests/reliability, ~30 min on 2 cores) runs with `make test-reliability`
+PYTEST_ARGS ?= --ignore=tests/reliability
 
-.PHONY: run test lint bench stack stack-down clean help
+.PHONY: run test test-reliability lint bench stack stack-down clean help
 
 help:
 	@echo "make run    - install what is missing, start the local stack, run the system end to end"
 	@echo "make test   - install what is missing, lint (ruff, mypy), run the test suite on the real stack"
+	@echo "make test-reliability - the fault suite: crashes, outages, rebalances, bad input (about 30 min)"
 	@echo "make lint   - ruff and mypy only"
 	@echo "make bench  - the benchmarks in bench/ (figures and ratios)"
 	@echo "make stack  - start the local Kafka broker and Schema Registry; make stack-down stops them"
@@ -35,6 +37,9 @@ lint: $(STAMP)
 
 test: lint stack
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-reliability: lint stack
+	$(BIN)/python -m pytest tests/reliability
 
 bench: stack
 	@for script in bench/*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
