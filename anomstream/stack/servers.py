@@ -54,6 +54,7 @@ class Server:
     port: int
     ready: Callable[[], bool]
     settings: StackSettings
+    other_ports: tuple[int, ...] = ()  # also bound by the process (controller, management)
 
     @property
     def marker(self) -> str:
@@ -76,11 +77,12 @@ class Server:
 
     def start(self) -> int:
         """Start the process in its own session, logging to ``log_file``; return its pid."""
-        if _port_open(self.port):
-            raise StackError(
-                f"port {self.port} on 127.0.0.1 is taken by another process, so {self.name} cannot start: "
-                f"stop that process or choose another port (see `anomstream stack up --help`)"
-            )
+        for port in (self.port, *self.other_ports):
+            if _port_open(port):
+                raise StackError(
+                    f"port {port} on 127.0.0.1 is taken by another process, so {self.name} cannot start: "
+                    f"stop that process or choose another port (see `anomstream stack up --help`)"
+                )
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         self.pid_file.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_file, "ab") as log:
@@ -187,6 +189,7 @@ def kafka_server(settings: StackSettings, node: int = 1) -> Server:
         port=settings.broker_port(node),
         ready=lambda: kafka_answers(address),
         settings=settings,
+        other_ports=(settings.controller_port_of(node),),
     )
 
 
@@ -313,6 +316,7 @@ def registry_server(settings: StackSettings, java: str) -> Server:
         port=settings.registry_port,
         ready=lambda: registry_answers(settings.registry_url),
         settings=settings,
+        other_ports=(settings.registry_management_port,),
     )
 
 
