@@ -309,5 +309,8 @@ def _account_dead_letters(verdict: Verdict, kafka: KafkaSettings, topic: str, so
                 problems.append(f"no __connect.errors.{name}")
         if problems:
             verdict.dlq_wrong.append(f"{source}: {', '.join(problems)}")
+    reasons = Counter(header_value(letter.headers, "reason") for letter in letters)
+    if reasons:
+        verdict.notes.append(f"dead letters by reason: {dict(sorted(reasons.items(), key=str))}")
     verdict.dlq_duplicates = [s for s, n in sources.items() if n > 1]
     verdict.bad_not_in_dlq = sorted(set(expectation.bad) - set(sources))

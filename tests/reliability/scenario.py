@@ -240,7 +240,7 @@ class Scenario:
             time.sleep(1.0)
         return False
 
-    def stop_scorers(self, timeout_s: float = 120.0) -> None:
+    def stop_scorers(self, timeout_s: float = 90.0) -> None:
         """SIGTERM every running scorer and wait for them (each must finish its batch and exit 0)."""
         running = self.scorers()
         for scorer in running:
@@ -269,7 +269,7 @@ class Scenario:
         verdict = account(self.name, self.cluster.kafka_settings, self.topics, self.group, expectation, self.started)
         verdict.process_failures = self.process_failures()
         verdict.notes += notes or []
-        COUNTS.append(verdict.line())
+        COUNTS.extend([verdict.line(), *(f"    {note}" for note in verdict.notes)])
         print(verdict.report(), flush=True)
         return verdict
 

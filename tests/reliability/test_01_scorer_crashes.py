@@ -55,7 +55,7 @@ def test_scorers_killed_at_random_moments_lose_and_duplicate_nothing(
         victims.append(f"{victim.name} at {time.monotonic() - began:.1f} s")
         scenario.start_scorer()
     scenario.finish_producer(producer, RECORDS)
-    scenario.wait_until_committed(300)  # bounded; partitions left short are reported by the verdict
+    scenario.wait_until_committed(180)  # bounded; partitions left short are reported by the verdict
     scenario.stop_scorers()
 
     model = scenario.model()

@@ -54,7 +54,7 @@ def test_scaling_one_three_one_while_streaming_loses_and_duplicates_nothing(
             scenario.kill(scorer, signal.SIGTERM)
         events.append(f"3->1 at {time.monotonic() - began:.1f} s")
     scenario.finish_producer(producer, RECORDS)
-    scenario.wait_until_committed(300)
+    scenario.wait_until_committed(180)
     scenario.stop_scorers()
 
     model = scenario.model()

@@ -160,7 +160,7 @@ def test_every_bad_record_is_a_dead_letter_with_its_reason_and_every_good_one_is
     for scorer in [scenario.start_scorer() for _ in range(SCORERS)]:
         scorer.wait_for(r"^consuming ")
     locations = send(kafka, topic, stream)
-    scenario.wait_until_committed(300)
+    scenario.wait_until_committed(180)
     scenario.stop_scorers()
 
     expected_bad = {where: reason_of[id(r)] for where, r in zip(locations, stream, strict=True) if id(r) in reason_of}
