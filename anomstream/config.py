@@ -42,6 +42,12 @@ class KafkaSettings(_Settings):
     schema_registry_auth: SecretStr | None = env(
         "SCHEMA_REGISTRY_BASIC_AUTH", None, "Registry basic auth as USER:PASSWORD"
     )
+    schema_registry_timeout_s: float = env(
+        "SCHEMA_REGISTRY_TIMEOUT_S",
+        10.0,
+        "seconds one registry request may take (the client's own default waits forever on a stalled server)",
+        gt=0,
+    )
     kafka_extra_config: dict[str, str] = env(
         "ANOMSTREAM_KAFKA_EXTRA_CONFIG", {}, "extra librdkafka properties as JSON, merged last"
     )

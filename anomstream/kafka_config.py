@@ -70,7 +70,9 @@ def admin_config(settings: KafkaSettings, client_id: str = "anomstream-admin") -
 
 def registry_client(settings: KafkaSettings) -> SchemaRegistryClient:
     """confluent-kafka's own SchemaRegistryClient for the configured registry."""
-    conf: dict[str, Any] = {"url": settings.schema_registry_url}
+    # confluent-kafka leaves httpx without a timeout: one stalled connection would block a service for good.
+    # With one, a stall is a transport error the client retries, then raises, and our callers back off.
+    conf: dict[str, Any] = {"url": settings.schema_registry_url, "timeout": settings.schema_registry_timeout_s}
     if settings.schema_registry_auth is not None:
         conf["basic.auth.user.info"] = settings.schema_registry_auth.get_secret_value()
     return SchemaRegistryClient(conf)

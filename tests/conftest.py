@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import uuid
@@ -38,11 +39,32 @@ class Stack:
         } | extra
 
 
+def run_command(
+    argv: list[str], env: dict[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` to the end and return it; on timeout, fail with where each of its threads was stuck.
+
+    The child runs with Python's fault handler on, so SIGABRT makes it print every thread's stack to stderr
+    before it dies: a hang in CI then names the call that hung instead of just "timed out".
+    """
+    child_env = (os.environ if env is None else env) | {"PYTHONFAULTHANDLER": "1"}
+    with subprocess.Popen(argv, env=child_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as child:
+        try:
+            stdout, stderr = child.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            child.send_signal(signal.SIGABRT)
+            try:
+                stdout, stderr = child.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                stdout, stderr = child.communicate()
+            pytest.fail(f"{' '.join(argv[:6])} did not end within {timeout:.0f} s; its stderr ends:\n{stderr[-6000:]}")
+    return subprocess.CompletedProcess(argv, child.returncode, stdout, stderr)
+
+
 def anomstream(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    """Run the `anomstream` command as a user would; raises on timeout, returns the completed process."""
-    return subprocess.run(
-        [sys.executable, "-m", "anomstream", *args], capture_output=True, text=True, env=env, timeout=timeout
-    )
+    """Run the `anomstream` command as a user would; fails the test on timeout, returns the completed process."""
+    return run_command([sys.executable, "-m", "anomstream", *args], env=env, timeout=timeout)
 
 
 @pytest.fixture(scope="session")

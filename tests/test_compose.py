@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import PROJECT_ROOT, Stack, anomstream
+from tests.conftest import PROJECT_ROOT, Stack, anomstream, run_command
 
 COMPOSE_PATH = PROJECT_ROOT / "docker-compose.yml"
 GPU_OVERRIDE_PATH = PROJECT_ROOT / "docker-compose.gpu.yml"
@@ -228,7 +228,7 @@ def translation(stack: Stack, tmp_path: Path) -> Iterator[Translation]:
 
 
 def run(local: LocalRun, timeout: float) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(local.argv, env=local.env, capture_output=True, text=True, timeout=timeout)
+    result = run_command(local.argv, env=local.env, timeout=timeout)
     assert result.returncode == 0, f"{local.service} exited {result.returncode}:\n{result.stderr[-3000:]}"
     return result
 
