@@ -3,15 +3,15 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# the fault suite (tests/reliability, ~30 min on 2 cores) runs with `make test-reliability`
-PYTEST_ARGS ?= --ignore=tests/reliability
+# extra pytest arguments, e.g. `make test PYTEST_ARGS="--ignore=tests/reliability"` for a quick run
+PYTEST_ARGS ?=
 
 .PHONY: run test test-reliability lint bench stack stack-down clean help
 
 help:
 	@echo "make run    - install what is missing, start the local stack, run the system end to end"
-	@echo "make test   - install what is missing, lint (ruff, mypy), run the test suite on the real stack"
-	@echo "make test-reliability - the fault suite: crashes, outages, rebalances, bad input (about 30 min)"
+	@echo "make test   - install what is missing, lint (ruff, mypy), run every test on the real stack (~25 min)"
+	@echo "make test-reliability - only the fault suite: crashes, outages, rebalances, bad input (~11 min)"
 	@echo "make lint   - ruff and mypy only"
 	@echo "make bench  - the benchmarks in bench/ (figures and ratios)"
 	@echo "make stack  - start the local Kafka broker and Schema Registry; make stack-down stops them"
