@@ -141,13 +141,21 @@ class ModelStore:
         pointer = self._read_pointer(name)
         return None if pointer is None else int(pointer["version"])
 
+    def previous_versions(self, name: str) -> list[int]:
+        """Versions that were current before the current one, the most recent first (none if CURRENT is unreadable)."""
+        try:
+            pointer = self._read_pointer(name)
+        except ModelIntegrityError:
+            return []
+        return [int(v) for v in reversed(pointer.get("previous", []))] if pointer is not None else []
+
     def latest_name(self) -> str | None:
         """The name whose current version changed most recently (publication made current, promotion, rollback)."""
         path = self.root / LATEST
         if path.is_file():
             with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
                 name = str(json.loads(path.read_text())["name"])
-                if self.current_version(name) is not None:
+                if _NAME.match(name) and self._has_current(name):
                     return name
         # no LATEST (or it names a model since removed): the most recently changed CURRENT pointer
         changed = [((self._name_dir(n) / CURRENT).stat().st_mtime, n) for n in self.names() if self._has_current(n)]

@@ -8,6 +8,8 @@ serve differs from the one serving, it loads it in the background (checksums ver
 :meth:`ModelStore.load` before anything is read) and hands it to the scoring loop, which swaps it in between
 two batches (:meth:`ModelSource.take_pending`). A version that fails to load is logged, counted
 (``anomstream_scorer_model_load_failures_total``) and not tried again; the previous model keeps serving.
+A scorer that starts while the current version is damaged serves the newest version that was current
+before it (what ``anomstream models rollback`` would restore) rather than nothing.
 """
 
 from __future__ import annotations
@@ -102,7 +104,7 @@ class ModelSource:
         started = time.monotonic()
         announced_at = 0.0
         while not stop.is_set():
-            loaded = self._load_current()
+            loaded = self._load_current() or self._load_previous()
             if loaded is not None:
                 self.serving = loaded
                 return loaded
@@ -138,11 +140,44 @@ class ModelSource:
         name = name or self.name or self.store.latest_name()
         if not name or (self.name and name != self.name):
             return None
-        version = announced if announced is not None else self.store.current_version(name)
-        if version is None or (name, version) in self._refused:
+        try:
+            version = announced if announced is not None else self.store.current_version(name)
+        except AnomstreamError as exc:  # an unreadable CURRENT pointer: keep serving, look again later
+            logger.error("cannot tell which version of %s is current, keeping the one serving: %s", name, exc)
+            return None
+        if version is None:
             return None
         serving = self._pending or self.serving
         if serving is not None and (serving.name, serving.version) == (name, version):
+            return None
+        return self._load(name, version)
+
+    def _load_previous(self) -> LoadedModel | None:
+        """At start-up, when the current version is refused: the newest version current before it that loads.
+
+        A running scorer keeps serving what it has; one starting while CURRENT names a damaged version has
+        nothing, so it serves the version a rollback would restore (without changing the store, which it
+        may only read) until a good version is made current.
+        """
+        name = self.name or self.store.latest_name()
+        if not name or self.serving is not None:
+            return None
+        try:
+            current = self.store.current_version(name)
+        except AnomstreamError:
+            current = None
+        for version in self.store.previous_versions(name):
+            if version != current:
+                loaded = self._load(name, version)
+                if loaded is not None:
+                    logger.warning("serving model %s version %d, current before the refused version %s, until a "
+                                   "good version is made current", name, version, current)  # fmt: skip
+                    return loaded
+        return None
+
+    def _load(self, name: str, version: int) -> LoadedModel | None:
+        """Verify and load one version, warmed up; ``None`` (logged, counted, not tried again) if it fails."""
+        if (name, version) in self._refused:
             return None
         try:
             loaded = self.store.load(name, version, device=self.device)
