@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+from anomstream.jsonable import json_default
 from anomstream.telemetry import NO_LABEL
 
 logger = logging.getLogger(__name__)
@@ -219,7 +220,7 @@ def write_report(
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     report = {**(metrics if metrics is not None else evaluate(labels, scores, flagged)), **(extra or {})}
-    (directory / REPORT_JSON).write_text(json.dumps(report, indent=2, default=_json_default))
+    (directory / REPORT_JSON).write_text(json.dumps(report, indent=2, default=json_default))
     plot_report(directory / REPORT_PNG, event_time_ms, scores, threshold, labels, flagged, title)
     logger.info("wrote %s and %s in %s", REPORT_JSON, REPORT_PNG, directory)
     return [REPORT_JSON, REPORT_PNG]
@@ -228,12 +229,3 @@ def write_report(
 def _json_float(value: float) -> float | None:
     return float(value) if np.isfinite(value) else None
 
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")

@@ -52,6 +52,7 @@ import numpy as np
 
 from anomstream.config import KafkaSettings
 from anomstream.errors import KafkaClientError, ModelError, ModelIntegrityError
+from anomstream.jsonable import json_default
 from anomstream.kafka_config import producer_config
 from anomstream.model import AnomalyModel
 from anomstream.telemetry import TelemetryBatch
@@ -445,7 +446,7 @@ def announce(
     producer.produce(
         models_topic,
         key=name.encode(),
-        value=json.dumps(value, default=_json_default).encode(),
+        value=json.dumps(value, default=json_default).encode(),
         on_delivery=on_delivery,
     )
     left = producer.flush(timeout_s)
@@ -604,7 +605,7 @@ def _write_json(path: Path, value: Any) -> None:
     temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         with open(temporary, "w") as handle:
-            json.dump(value, handle, indent=1, sort_keys=False, default=_json_default)
+            json.dump(value, handle, indent=1, sort_keys=False, default=json_default)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)
@@ -612,15 +613,6 @@ def _write_json(path: Path, value: Any) -> None:
         temporary.unlink(missing_ok=True)
     _fsync_dir(path.parent)
 
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
 def _fsync_tree(folder: Path) -> None:
