@@ -228,4 +228,3 @@ def write_report(
 
 def _json_float(value: float) -> float | None:
     return float(value) if np.isfinite(value) else None
-
