@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, get_args, get_origin
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from anomstream.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
@@ -71,26 +74,38 @@ class ModelStoreSettings(_Settings):
     model_dir: Path = env("ANOMSTREAM_MODEL_DIR", PROJECT_ROOT / "models", "model store folder")
 
 
-def add_settings_arguments(parser: argparse.ArgumentParser, settings_cls: type[BaseSettings]) -> None:
+def add_settings_arguments(
+    parser: argparse.ArgumentParser, settings_cls: type[BaseSettings], title: str | None = None
+) -> None:
     """Add one flag per field of ``settings_cls``, defaulting from its environment variable.
 
-    The flag is ``--field-name``; its help ends with ``[env: NAME, default: VALUE]``. Values given on the
-    command line win over the environment, which wins over the field default.
+    The flag is ``--field-name``: a switch pair (``--x/--no-x``) for a boolean, a choice for a ``Literal``,
+    a value otherwise; its help ends with ``[env: NAME, default: VALUE]``. Values given on the command line
+    win over the environment, which wins over the field default. Nothing is validated here (so ``--help``
+    works whatever the environment holds); :func:`parse_settings` validates.
     """
-    current = settings_cls()
-    title = (settings_cls.__doc__ or settings_cls.__name__).splitlines()[0].rstrip(".")
+    title = title or (settings_cls.__doc__ or settings_cls.__name__).splitlines()[0].rstrip(".")
     group = parser.add_argument_group(title)
     for name, field in settings_cls.model_fields.items():
         env_name = _env_name(field.validation_alias, name)
-        value = getattr(current, name)
-        shown = "***" if isinstance(value, SecretStr) else (json.dumps(value) if isinstance(value, dict) else value)
+        flag = "--" + name.replace("_", "-")
+        secret = SecretStr in (field.annotation, *get_args(field.annotation))
+        shown = "***" if secret else _shown(os.environ.get(env_name, field.default))
+        help_text = f"{field.description} [env: {env_name}, default: {shown}]"
+        if field.annotation is bool:
+            group.add_argument(flag, dest=name, default=None, action=argparse.BooleanOptionalAction, help=help_text)
+            continue
+        choices = get_args(field.annotation) if get_origin(field.annotation) is Literal else None
         group.add_argument(
-            "--" + name.replace("_", "-"),
-            dest=name,
-            default=None,
-            metavar=env_name if env_name else name.upper(),
-            help=f"{field.description} [env: {env_name}, default: {shown}]",
+            flag, dest=name, default=None, choices=choices, metavar=None if choices else env_name, help=help_text
         )
+
+
+def _shown(value: Any) -> Any:
+    """A default as ``--help`` shows it: JSON for dicts, ISO 8601 for times."""
+    if isinstance(value, dict):
+        return json.dumps(value)
+    return value.isoformat() if hasattr(value, "isoformat") else value
 
 
 def settings_from_args(settings_cls: type[S], args: argparse.Namespace) -> S:
@@ -103,6 +118,21 @@ def settings_from_args(settings_cls: type[S], args: argparse.Namespace) -> S:
         annotation = str(settings_cls.model_fields[name].annotation)
         given[name] = json.loads(raw) if annotation.startswith("dict") and isinstance(raw, str) else raw
     return settings_cls(**given)
+
+
+def parse_settings(args: argparse.Namespace, command: str, *settings_classes: type[BaseSettings]) -> tuple[Any, ...]:
+    """One validated instance per class, from the flags and the environment.
+
+    Raises:
+        ConfigError: a value is invalid; the message names the command, each field and what is wrong.
+    """
+    try:
+        return tuple(settings_from_args(cls, args) for cls in settings_classes)
+    except ValidationError as error:
+        reasons = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in error.errors())
+        raise ConfigError(f"invalid {command} settings: {reasons}") from error
+    except ValueError as error:
+        raise ConfigError(f"invalid {command} settings: {error}") from error
 
 
 def _env_name(alias: object, field_name: str) -> str:

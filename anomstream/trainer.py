@@ -31,14 +31,14 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import ValidationError, model_validator
+from pydantic import model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from anomstream import evaluation
 from anomstream.config import KafkaSettings, TopicSettings, env
-from anomstream.errors import AnomstreamError, ConfigError, ModelError
+from anomstream.errors import AnomstreamError, ModelError
 from anomstream.features import device_positions
 from anomstream.model import AnomalyModel
 from anomstream.model_store import PROMOTE_MODES, ModelStore, PublishResult, announce
@@ -382,14 +382,6 @@ def _progress_display(show: bool | None) -> Iterator[_Display]:
     )
     with Progress(*columns, console=console, transient=False) as progress:
         yield _Display(progress)
-
-
-def settings_error(error: ValidationError | ValueError) -> ConfigError:
-    """A settings validation error as a one-line ConfigError for the command line."""
-    if isinstance(error, ValidationError):
-        reasons = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in error.errors())
-        return ConfigError(f"invalid train settings: {reasons}")
-    return ConfigError(f"invalid train settings: {error}")
 
 
 __all__ = [

@@ -11,9 +11,7 @@ import argparse
 import logging
 from typing import Any
 
-from pydantic import ValidationError
-
-from anomstream.config import KafkaSettings, add_settings_arguments, settings_from_args
+from anomstream.config import KafkaSettings, add_settings_arguments, parse_settings
 from anomstream.errors import ConfigError
 from anomstream.producer import ProduceReport, ProducerSettings, StopOnSignals, run_producer
 
@@ -43,11 +41,10 @@ def add_parser(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the producer with the parsed flags; returns the exit status."""
+    settings, kafka = parse_settings(args, "produce", ProducerSettings, KafkaSettings)
     try:
-        settings = settings_from_args(ProducerSettings, args)
-        kafka = settings_from_args(KafkaSettings, args)
         settings.pacing()
-    except (ValidationError, ValueError) as error:
+    except ValueError as error:
         raise ConfigError(f"invalid produce settings: {error}") from error
     log.info("producing %s to %s", settings.source, settings.topic)
     report = ProduceReport(topic=settings.topic)

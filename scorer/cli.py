@@ -11,17 +11,14 @@ import argparse
 import logging
 from typing import Any
 
-from pydantic import ValidationError
-
 from anomstream.config import (
     KafkaSettings,
     ModelStoreSettings,
     TopicSettings,
     add_settings_arguments,
     masked,
-    settings_from_args,
+    parse_settings,
 )
-from anomstream.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -57,13 +54,9 @@ def run(args: argparse.Namespace) -> int:
     from anomstream.scorer import Scorer
     from anomstream.scoring.settings import ScorerSettings
 
-    try:
-        settings = settings_from_args(ScorerSettings, args)
-        topics = settings_from_args(TopicSettings, args)
-        store = settings_from_args(ModelStoreSettings, args)
-        kafka = settings_from_args(KafkaSettings, args)
-    except (ValidationError, ValueError) as error:
-        raise ConfigError(f"invalid score settings: {error}") from error
+    settings, topics, store, kafka = parse_settings(
+        args, "score", ScorerSettings, TopicSettings, ModelStoreSettings, KafkaSettings
+    )
     log.info("scoring with %s", masked(settings))
     with StopOnSignals() as signals:
         scorer = Scorer(settings, kafka, topics, ModelStore(store.model_dir), stop=signals.event)

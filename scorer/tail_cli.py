@@ -16,7 +16,7 @@ import os
 import sys
 from typing import Any
 
-from anomstream.config import KafkaSettings, TopicSettings, add_settings_arguments, settings_from_args
+from anomstream.config import KafkaSettings, TopicSettings, add_settings_arguments, parse_settings
 
 EPILOG = """examples:
   anomstream tail                          # follow, as a table
@@ -63,8 +63,8 @@ def run(args: argparse.Namespace) -> int:
     from anomstream.producer import StopOnSignals
     from anomstream.tail import AnomalyReader
 
-    topics = settings_from_args(TopicSettings, args)
-    reader = AnomalyReader(settings_from_args(KafkaSettings, args), topics.anomaly_topic, args.group)
+    topics, kafka = parse_settings(args, "tail", TopicSettings, KafkaSettings)
+    reader = AnomalyReader(kafka, topics.anomaly_topic, args.group)
     table = None if args.json else _Table()
     with StopOnSignals() as signals:
         for chunk in reader.rows(args.max, args.timeout, stop=signals.event.is_set):

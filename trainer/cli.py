@@ -9,20 +9,17 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-from typing import Any, get_args
-
-from pydantic import ValidationError
+from typing import Any
 
 from anomstream.config import (
     KafkaSettings,
     ModelStoreSettings,
     TopicSettings,
     add_settings_arguments,
-    settings_from_args,
+    parse_settings,
 )
 from anomstream.model_store import ModelStore
-from anomstream.trainer import TrainOutcome, TrainSettings, settings_error, train
+from anomstream.trainer import TrainOutcome, TrainSettings, train
 
 log = logging.getLogger(__name__)
 
@@ -42,41 +39,18 @@ def add_parser(subparsers: Any) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_train_arguments(parser)
+    add_settings_arguments(parser, TrainSettings, "training")
     add_settings_arguments(parser, TopicSettings)
     add_settings_arguments(parser, ModelStoreSettings)
     add_settings_arguments(parser, KafkaSettings)
     parser.set_defaults(func=run)
 
 
-def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per ``TrainSettings`` field: switches for booleans, choices for literals, ``[env: ...]`` help."""
-    current = TrainSettings.model_construct()
-    group = parser.add_argument_group("training")
-    for name, field in TrainSettings.model_fields.items():
-        env_name = str(field.validation_alias.choices[0])  # type: ignore[union-attr]
-        default = os.environ.get(env_name, getattr(current, name))
-        shown = default.isoformat() if hasattr(default, "isoformat") else default
-        flag = "--" + name.replace("_", "-")
-        help_text = f"{field.description} [env: {env_name}, default: {shown}]"
-        if field.annotation is bool:
-            group.add_argument(flag, dest=name, default=None, action=argparse.BooleanOptionalAction, help=help_text)
-            continue
-        choices = get_args(field.annotation) if str(field.annotation).startswith("typing.Literal") else None
-        group.add_argument(
-            flag, dest=name, default=None, choices=choices, metavar=None if choices else env_name, help=help_text
-        )
-
-
 def run(args: argparse.Namespace) -> int:
     """Train with the parsed flags; returns the exit status."""
-    try:
-        settings = settings_from_args(TrainSettings, args)
-        kafka = settings_from_args(KafkaSettings, args)
-        topics = settings_from_args(TopicSettings, args)
-        store_settings = settings_from_args(ModelStoreSettings, args)
-    except (ValidationError, ValueError) as error:
-        raise settings_error(error) from error
+    settings, kafka, topics, store_settings = parse_settings(
+        args, "train", TrainSettings, KafkaSettings, TopicSettings, ModelStoreSettings
+    )
     outcome = train(settings, kafka, topics, ModelStore(store_settings.model_dir))
     print(summary(outcome), flush=True)
     return 0
