@@ -193,7 +193,11 @@ class FeaturePipeline:
         return self
 
     def transform(self, batch: TelemetryBatch) -> np.ndarray:
-        """Features of every row, ``(n, F)``, or ``(n, W, F)`` when ``spec.window > 1``; float64."""
+        """Features of every row: ``(n, F)`` float64, or ``(n, W, F)`` float32 when ``spec.window > 1``.
+
+        Windows feed only the autoencoders, which compute in float32 anyway; built in float32 and in one
+        gather, they cost a quarter of the memory traffic of float64 windows gathered, then reordered.
+        """
         if self._global is None:
             raise ModelError("FeaturePipeline.transform before fit: fit or load the pipeline first")
         values = self._channel_values(batch)
@@ -203,7 +207,9 @@ class FeaturePipeline:
         row_table = table_row[order]
         points = self._point_features(sorted_values, pos, tables, row_table, final=True)
         if self.spec.window > 1:
-            points = _sliding_windows(points, pos, self.spec.window)
+            in_row_order = np.empty_like(order)
+            in_row_order[order] = np.arange(len(order))
+            return points.astype(np.float32)[_window_index(pos, self.spec.window)[in_row_order]]
         features = np.empty_like(points)
         features[order] = points
         return features
@@ -465,9 +471,8 @@ def _trailing_mean_std(
     return mean, np.sqrt(variance, out=variance)
 
 
-def _sliding_windows(points: np.ndarray, pos: np.ndarray, window: int) -> np.ndarray:
-    """``(n, W, F)``: each row's feature rows ``t-W+1 .. t`` of its device, padded with the first row."""
-    n = len(points)
+def _window_index(pos: np.ndarray, window: int) -> np.ndarray:
+    """``(n, W)`` indices of each row's feature rows ``t-W+1 .. t`` of its device (rows grouped by device, in
+    order; ``pos`` is the row's place in its device's group), padded with the device's first row."""
     back = np.arange(window - 1, -1, -1)
-    source = np.arange(n)[:, None] - np.minimum(back[None, :], pos[:, None])
-    return points[source]
+    return np.arange(len(pos))[:, None] - np.minimum(back[None, :], pos[:, None])

@@ -324,7 +324,9 @@ class AnomalyModel:
         for index, rows in _groups(route):
             detector, threshold[rows] = detectors[index]
             rows = rows[unknown[rows]]
-            if len(rows):
+            if len(rows) == n:  # the usual batch of one global model: no copy of the features
+                raw[:] = detector.score(features)
+            elif len(rows):
                 raw[rows] = detector.score(features[rows])
         score = _postprocess(raw, batch.device_id, self.config)
         flagged = score > threshold

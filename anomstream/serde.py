@@ -29,7 +29,7 @@ from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 from anomstream import avro_batch
 from anomstream.errors import KafkaClientError
-from anomstream.telemetry import NO_LABEL, TelemetryBatch
+from anomstream.telemetry import NO_LABEL, AnomalyColumns, TelemetryBatch
 
 log = logging.getLogger(__name__)
 
@@ -103,48 +103,6 @@ def encode_telemetry(batch: TelemetryBatch, schema_id: int) -> list[bytes]:
         *avro_batch.optional_ints(label, label == NO_LABEL),
     ]
     return avro_batch.join_rows(pieces, len(batch))
-
-
-@dataclass(frozen=True)
-class AnomalyColumns:
-    """Flagged readings, one row each, for :func:`encode_anomalies` (fields of ``schemas/anomaly.avsc``).
-
-    Per-row columns are arrays of one length ``n``; ``threshold`` and ``scored_at_ms`` may also be scalars.
-
-    Attributes:
-        device_id: ``(n,)`` object array of str.
-        event_time_ms: ``(n,)`` int64 event time of the reading.
-        seq: ``(n,)`` int64 the reading's sequence number.
-        score: ``(n,)`` float64, higher is more anomalous.
-        threshold: the calibrated threshold (scalar or ``(n,)``).
-        model: model name.
-        model_version: model version.
-        channels: names of the contribution columns.
-        contributions: ``(n, C)`` float64 per-channel share of the score; NaN entries are left out.
-        source_topic: topic the readings came from.
-        source_partition: ``(n,)`` int partition of each reading.
-        source_offset: ``(n,)`` int64 offset of each reading.
-        label: ``(n,)`` int8 ground truth of the input, ``NO_LABEL`` for none.
-        scored_at_ms: when the scorer flagged them (scalar or ``(n,)``, epoch ms).
-    """
-
-    device_id: np.ndarray
-    event_time_ms: np.ndarray
-    seq: np.ndarray
-    score: np.ndarray
-    threshold: np.ndarray | float
-    model: str
-    model_version: int
-    channels: tuple[str, ...]
-    contributions: np.ndarray
-    source_topic: str
-    source_partition: np.ndarray
-    source_offset: np.ndarray
-    label: np.ndarray
-    scored_at_ms: np.ndarray | int
-
-    def __len__(self) -> int:
-        return len(self.device_id)
 
 
 def encode_anomalies(anomalies: AnomalyColumns, schema_id: int) -> list[bytes]:

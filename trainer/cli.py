@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 EPILOG = """examples:
   anomstream train --model iforest --per-device --train-records 400 --name valves
   anomstream train --model pca --train-start 2020-03-09T10:00 --train-end 2020-03-09T11:00 --eval-end 2020-03-09T12:00
-  anomstream train --model conv-ae --train-records 5000 --promote never --params '{"epochs": 20}'
+  anomstream train --model conv-ae --train-records 5000 --promote never --params '{"max_epochs": 20}'
 """
 
 

@@ -14,8 +14,7 @@ import numpy as np
 
 from anomstream.model import AnomalyModel
 from anomstream.scoring.state import DeviceHistory
-from anomstream.serde import AnomalyColumns
-from anomstream.telemetry import TelemetryBatch
+from anomstream.telemetry import AnomalyColumns, TelemetryBatch
 
 
 @dataclass(frozen=True)
