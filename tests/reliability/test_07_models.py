@@ -9,8 +9,9 @@ In turn, between parts of the stream:
 4. a good version (the same model again) is published and announced.
 
 Scorers must refuse 2 and 3 (checksums), keep serving version 1 meanwhile, and switch to 4 between two
-batches. The anomaly topic must equal offline scoring, and carry version 1 for everything before the
-switch and version 4 after it.
+batches. A third scorer started while 3 is current must serve version 1 (current before the broken ones)
+rather than wait, and join the group. The anomaly topic must equal offline scoring, and carry version 1
+for everything before the switch and version 4 after it.
 """
 
 from __future__ import annotations
@@ -125,6 +126,11 @@ def test_broken_versions_are_refused_and_a_killed_trainer_leaves_the_current_ver
     for broken in (tampered.version, truncated.version):
         with pytest.raises(ModelIntegrityError):
             store.load(MODEL_NAME, broken)
+    # a scorer starting now finds a damaged current version: it serves the last good one and joins the group
+    late = scenario.start_scorer()
+    late.wait_for(rf"serving model {MODEL_NAME} version 1, current before the refused version {truncated.version}\b")
+    late.wait_for(r"^consuming ")
+    scorers.append(late)
 
     stream_part(3)
     good = store.publish(MODEL_NAME, version_one.model, promote="always")
@@ -139,7 +145,8 @@ def test_broken_versions_are_refused_and_a_killed_trainer_leaves_the_current_ver
     verdict = scenario.verdict(
         Expectation(fleet, version_one.model, versions),
         notes=[f"trainer killed leaving {[p.name for p in leftovers]}; refused versions {tampered.version} "
-               f"(altered) and {truncated.version} (truncated); switched to version {good.version}"],
+               f"(altered) and {truncated.version} (truncated); {late.name}, started while {truncated.version} was "
+               f"current, served version 1; switched to version {good.version}"],
     )  # fmt: skip
     assert not verdict.problems(), verdict.report()
     rows = decode_anomalies(kafka, topics.anomaly_topic, read_records(kafka, topics.anomaly_topic))
