@@ -143,6 +143,44 @@ class _Scaling:
         return cls(**{k: np.asarray(d[k], dtype=np.float64) for k in cls.__dataclass_fields__})
 
 
+class Windows:
+    """``(n, W, F)`` windows of feature rows, kept as the rows and an index instead of ``n x W`` copies.
+
+    ``points`` is ``(m, F)`` float32, ``index`` ``(n, W)`` the rows of each window, oldest first. The sequence
+    autoencoder gathers its windows chunk by chunk (on the GPU when it scores there, so only the rows and
+    the index cross to the device, not ``W`` copies of each row); anything else that asks numpy for an array
+    (``np.asarray``, a ufunc) gets the materialised ``(n, W, F)`` float32 array. Indexing with rows gives
+    ``Windows`` of those rows; an integer gives that row's ``(W, F)`` window.
+    """
+
+    def __init__(self, points: np.ndarray, index: np.ndarray) -> None:
+        self.points, self.index = points, index
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (len(self.index), self.index.shape[1], self.points.shape[1])
+
+    @property
+    def ndim(self) -> int:
+        return 3
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        return self.points.dtype
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, rows: Any) -> Any:
+        if isinstance(rows, int | np.integer):
+            return self.points[self.index[rows]]
+        return Windows(self.points, self.index[rows])
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        windows = self.points[self.index]
+        return windows if dtype is None else windows.astype(dtype, copy=False)
+
+
 class FeaturePipeline:
     """Fitted feature statistics plus the transform that uses them.
 
@@ -192,11 +230,12 @@ class FeaturePipeline:
                 self._devices[str(device)] = self._fit_scaling(batch.take(rows), values[rows])
         return self
 
-    def transform(self, batch: TelemetryBatch) -> np.ndarray:
-        """Features of every row: ``(n, F)`` float64, or ``(n, W, F)`` float32 when ``spec.window > 1``.
+    def transform(self, batch: TelemetryBatch) -> np.ndarray | Windows:
+        """Features of every row: ``(n, F)`` float64, or ``(n, W, F)`` float32 :class:`Windows` when
+        ``spec.window > 1``.
 
-        Windows feed only the autoencoders, which compute in float32 anyway; built in float32 and in one
-        gather, they cost a quarter of the memory traffic of float64 windows gathered, then reordered.
+        Windows feed the sequence autoencoder, which computes in float32 anyway; kept as float32 rows and an
+        index, they are gathered only where and when the detector needs them.
         """
         if self._global is None:
             raise ModelError("FeaturePipeline.transform before fit: fit or load the pipeline first")
@@ -209,12 +248,12 @@ class FeaturePipeline:
         if self.spec.window > 1:
             in_row_order = np.empty_like(order)
             in_row_order[order] = np.arange(len(order))
-            return points.astype(np.float32)[_window_index(pos, self.spec.window)[in_row_order]]
+            return Windows(points.astype(np.float32), _window_index(pos, self.spec.window)[in_row_order])
         features = np.empty_like(points)
         features[order] = points
         return features
 
-    def fit_transform(self, batch: TelemetryBatch, per_device: bool = False) -> np.ndarray:
+    def fit_transform(self, batch: TelemetryBatch, per_device: bool = False) -> np.ndarray | Windows:
         """``fit`` then ``transform`` on the same rows."""
         return self.fit(batch, per_device=per_device).transform(batch)
 

@@ -15,6 +15,7 @@ from sklearn.metrics import roc_auc_score
 
 from anomstream.detectors.autoencoder import ConvAutoencoder, DenseAutoencoder, resolve_device
 from anomstream.errors import ConfigError, ModelError
+from anomstream.features import Windows
 
 N_FEATURES = 6
 WINDOW = 16
@@ -129,6 +130,32 @@ def test_dense_shapes_and_score_is_mean_of_contributions(dense_fitted: DenseAuto
     np.testing.assert_allclose(contributions.mean(axis=1), scores, rtol=1e-12)
     assert dense_fitted.score(rows[:0]).shape == (0,)
     assert dense_fitted.contributions(rows[:0]).shape == (0, N_FEATURES)
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_conv_scores_windows_given_as_rows_and_index_exactly_as_materialised(
+    conv_fitted: ConvAutoencoder, device: str, tmp_path: Path
+) -> None:
+    """What the feature pipeline hands the scorer (float32 rows + an index, gathered chunk by chunk on the
+    scoring device) scores bit for bit as the materialised ``(n, W, F)`` windows do."""
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    conv_fitted.save(tmp_path)
+    detector = ConvAutoencoder.load(tmp_path, device=device)
+    series = sine_series(700, seed=9).astype(np.float32)
+    series[400:410, 2] += 4.0  # something to reconstruct badly
+    pos = np.arange(len(series))  # one device: its rows in order
+    index = np.arange(len(series))[:, None] - np.minimum(np.arange(WINDOW - 1, -1, -1)[None, :], pos[:, None])
+    windows = Windows(series, index)
+    materialised = np.asarray(windows)
+    assert materialised.shape == windows.shape == (700, WINDOW, N_FEATURES)
+    previous = detector.score_batch_size
+    detector.score_batch_size = 97  # ragged chunks: each gathers its own windows
+    try:
+        assert np.array_equal(detector.score(windows), detector.score(materialised))
+        assert np.array_equal(detector.contributions(windows[50:300]), detector.contributions(materialised[50:300]))
+    finally:
+        detector.score_batch_size = previous
 
 
 def test_chunked_scoring_matches_one_chunk(dense_fitted: DenseAutoencoder) -> None:

@@ -49,6 +49,7 @@ from torch import nn
 
 from anomstream.detectors.base import Detector
 from anomstream.errors import ConfigError, ModelError
+from anomstream.features import Windows
 
 logger = logging.getLogger(__name__)
 
@@ -410,7 +411,7 @@ class _TorchAutoencoder(Detector):
             raise ModelError(f"{self.name} is not fitted; call fit() or load() first")
         return self._network
 
-    def _check_input(self, X: np.ndarray, fitting: bool = False) -> np.ndarray:
+    def _check_input(self, X: Any, fitting: bool = False) -> Any:
         expected = "(n, F)" if self.input_ndim == 2 else "(n, W, F)"
         if X.ndim != self.input_ndim:
             raise ModelError(f"{self.name} expects {expected} features, got an array of shape {X.shape}")
@@ -421,17 +422,25 @@ class _TorchAutoencoder(Detector):
             )
         return X
 
-    def _errors_in_chunks(self, X: np.ndarray, per_feature: bool) -> np.ndarray:
+    def _errors_in_chunks(self, X: np.ndarray | Windows, per_feature: bool) -> np.ndarray:
         network = self._fitted_network()
-        X = self._check_input(np.asarray(X))
+        windows = X if isinstance(X, Windows) else None
+        X = self._check_input(X if isinstance(X, Windows) else np.asarray(X))
         n, n_features = len(X), self.input_shape_[-1]
         out = np.empty((n, n_features) if per_feature else (n,), dtype=np.float64)
         chunk_rows = self._chunk_rows()
         with torch.inference_mode():
-            # Chunks are converted one at a time, so a strided view (sliding windows) is never copied whole.
+            if windows is not None:  # the rows go to the device once; each chunk's windows are gathered there
+                points = torch.from_numpy(np.ascontiguousarray(windows.points, dtype=np.float32))
+                points = points.to(self._torch_device)
             for start in range(0, n, chunk_rows):
-                chunk = np.ascontiguousarray(X[start : start + chunk_rows], dtype=np.float32)
-                errors = self._feature_errors(network, torch.from_numpy(chunk).to(self._torch_device))
+                if windows is not None:
+                    index = torch.from_numpy(windows.index[start : start + chunk_rows]).to(self._torch_device)
+                    chunk = points[index]
+                else:  # one chunk at a time: a strided view (sliding windows) is never copied whole
+                    rows = np.ascontiguousarray(X[start : start + chunk_rows], dtype=np.float32)
+                    chunk = torch.from_numpy(rows).to(self._torch_device)
+                errors = self._feature_errors(network, chunk)
                 # float64 before the mean so that score == contributions.mean(axis=1) to rounding.
                 errors = errors.double() if per_feature else errors.double().mean(dim=1)
                 out[start : start + len(chunk)] = errors.cpu().numpy()
