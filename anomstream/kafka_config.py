@@ -78,9 +78,16 @@ def registry_client(settings: KafkaSettings) -> SchemaRegistryClient:
     return SchemaRegistryClient(conf)
 
 
+def kafka_error(exc: BaseException) -> KafkaError | None:
+    """The ``KafkaError`` a ``KafkaException`` carries (``None`` for any other exception)."""
+    if isinstance(exc, KafkaException) and exc.args and isinstance(exc.args[0], KafkaError):
+        return exc.args[0]
+    return None
+
+
 def wrap_kafka_error(exc: KafkaException, doing: str) -> KafkaClientError:
     """A KafkaException as our error, with its code and whether retrying may help."""
-    error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+    error = kafka_error(exc)
     if error is None:
         return KafkaClientError(f"{doing}: {exc}")
     return KafkaClientError(f"{doing}: {error.str()}", code=error.name(), retriable=error.retriable())

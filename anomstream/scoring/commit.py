@@ -33,7 +33,7 @@ from typing import Any, Protocol
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from anomstream.errors import KafkaClientError
-from anomstream.kafka_config import wrap_kafka_error
+from anomstream.kafka_config import kafka_error, wrap_kafka_error
 
 logger = logging.getLogger(__name__)
 
@@ -97,8 +97,8 @@ class TransactionalCommit:
         try:
             return self._commit(outputs, offsets, consumer)
         except (_Wedged, KafkaException) as exc:
-            error = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None
-            if isinstance(error, KafkaError) and (not error.fatal() or error.name() in _FINAL):
+            error = kafka_error(exc)
+            if error is not None and (not error.fatal() or error.name() in _FINAL):
                 raise wrap_kafka_error(exc, "exactly-once commit of a scored batch") from exc  # type: ignore[arg-type]
             self._replace(exc)
         if self._committed_after_all(offsets, consumer):
@@ -156,7 +156,7 @@ class TransactionalCommit:
             _retry(lambda: self.producer.commit_transaction(CALL_TIMEOUT_S), "committing")
             return True
         except KafkaException as exc:
-            error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+            error = kafka_error(exc)
             if error is not None and error.fatal():
                 raise  # commit() decides: replace the producer, or stop
             if error is None or not (error.txn_requires_abort() or error.retriable()):
@@ -239,7 +239,7 @@ def _retry(call: Callable[[], object], doing: str) -> None:
             _bounded(call, doing)
             return
         except KafkaException as exc:
-            error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+            error = kafka_error(exc)
             if error is None or not error.retriable() or time.monotonic() > deadline:
                 raise
             logger.warning("%s: %s (retrying in %.1f s)", doing, error.str(), delay)
