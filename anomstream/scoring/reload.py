@@ -140,11 +140,7 @@ class ModelSource:
         name = name or self.name or self.store.latest_name()
         if not name or (self.name and name != self.name):
             return None
-        try:
-            version = announced if announced is not None else self.store.current_version(name)
-        except AnomstreamError as exc:  # an unreadable CURRENT pointer: keep serving, look again later
-            logger.error("cannot tell which version of %s is current, keeping the one serving: %s", name, exc)
-            return None
+        version = announced if announced is not None else self._current_version(name)
         if version is None:
             return None
         serving = self._pending or self.serving
@@ -162,11 +158,9 @@ class ModelSource:
         name = self.name or self.store.latest_name()
         if not name or self.serving is not None:
             return None
-        try:
-            current = self.store.current_version(name)
-        except AnomstreamError:
-            current = None
-        for version in self.store.previous_versions(name):
+        previous = self.store.previous_versions(name)  # none when CURRENT is unreadable
+        current = self._current_version(name) if previous else None
+        for version in previous:
             if version != current:
                 loaded = self._load(name, version)
                 if loaded is not None:
@@ -174,6 +168,14 @@ class ModelSource:
                                    "good version is made current", name, version, current)  # fmt: skip
                     return loaded
         return None
+
+    def _current_version(self, name: str) -> int | None:
+        """The version CURRENT names; ``None`` when there is none or it cannot be read (logged: look again later)."""
+        try:
+            return self.store.current_version(name)
+        except AnomstreamError as exc:
+            logger.error("cannot tell which version of %s is current, keeping the one serving: %s", name, exc)
+            return None
 
     def _load(self, name: str, version: int) -> LoadedModel | None:
         """Verify and load one version, warmed up; ``None`` (logged, counted, not tried again) if it fails."""
