@@ -425,7 +425,7 @@ class _TorchAutoencoder(Detector):
     def _errors_in_chunks(self, X: np.ndarray | Windows, per_feature: bool) -> np.ndarray:
         network = self._fitted_network()
         windows = X if isinstance(X, Windows) else None
-        X = self._check_input(X if isinstance(X, Windows) else np.asarray(X))
+        X = self._check_input(X if windows is not None else np.asarray(X))
         n, n_features = len(X), self.input_shape_[-1]
         out = np.empty((n, n_features) if per_feature else (n,), dtype=np.float64)
         chunk_rows = self._chunk_rows()

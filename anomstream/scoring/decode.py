@@ -322,8 +322,7 @@ def reject_foreign_keys(result: DecodeResult, keys: Sequence[bytes | None]) -> D
         return result
     codes, devices = pd.factorize(result.batch.device_id)
     expected = np.array([str(device).encode() for device in devices], dtype=object)[codes]
-    got = np.empty(len(result.index), dtype=object)
-    got[:] = [keys[i] for i in result.index.tolist()]
+    got = np.array(keys, dtype=object)[result.index]
     foreign = np.flatnonzero(got != expected)
     if not len(foreign):
         return result
