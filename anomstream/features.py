@@ -12,6 +12,11 @@ training rows and turns any ``TelemetryBatch`` into a feature array:
   training period, so its level says little; such a channel is monitored through its change since the
   window that ended ``rolling`` readings earlier, as an integrated series is differenced before it is
   charted. Noisy, stationary channels (flow, vibration, current) keep their levels;
+- optionally (``baseline``) the levels of the other channels taken relative to their own slow baseline: the
+  trailing mean of the ``baseline`` readings before the current rolling window. A level that drifts slowly
+  (ambient temperature, load growth, a sensor ageing) is then judged against the device's recent behaviour
+  rather than against the training period, while a change faster than the baseline stands out until the
+  baseline has caught up with it;
 - optionally a final standardisation of every feature with its training mean and spread;
 - optionally sliding windows of ``window`` consecutive feature rows per device, ``(n, W, F)``, for sequence
   models.
@@ -60,6 +65,8 @@ class FeatureSpec:
         window: consecutive feature rows per device in one sample, for sequence models; 1 for point features.
         detrend_persistent: measure the level of persistent channels against their own recent past (needs
             ``rolling``; see the module docstring).
+        baseline: readings in the slow baseline the other channels' levels are measured against (needs
+            ``rolling``); 0 measures levels against the training statistics.
     """
 
     channels: tuple[str, ...]
@@ -69,6 +76,7 @@ class FeatureSpec:
     rolling_stats: tuple[str, ...] = ROLLING_STATS
     window: int = 1
     detrend_persistent: bool = False
+    baseline: int = 0
 
     def __post_init__(self) -> None:
         if not self.channels:
@@ -78,6 +86,8 @@ class FeatureSpec:
         unknown = set(self.rolling_stats) - set(ROLLING_STATS)
         if unknown:
             raise ModelError(f"FeatureSpec rolling_stats {sorted(unknown)} unknown; use {ROLLING_STATS}")
+        if self.baseline < 0 or (self.baseline and self.rolling < 2):
+            raise ModelError(f"FeatureSpec baseline={self.baseline} must be >= 0 and needs rolling >= 2")
         if self.detrend_persistent and self.rolling < 2:
             raise ModelError("FeatureSpec detrend_persistent needs rolling >= 2 (the detrending horizon)")
         if not self.raw and not (self.rolling and self.rolling_stats):
@@ -86,8 +96,12 @@ class FeatureSpec:
     @property
     def context(self) -> int:
         """Previous readings of the same device that a reading's features depend on."""
-        detrend = self.rolling if self.detrend_persistent else 0
-        return max(self.rolling - 1, 0) + detrend + self.window - 1
+        reach = max(self.rolling - 1, 0)  # the rolling window
+        if self.detrend_persistent:
+            reach = 2 * self.rolling - 1  # the window that ended `rolling` readings earlier
+        if self.baseline:
+            reach = max(reach, self.rolling + self.baseline - 1)  # the baseline before the rolling window
+        return reach + self.window - 1
 
     @property
     def blocks(self) -> tuple[str, ...]:
@@ -122,6 +136,7 @@ class FeatureSpec:
             rolling_stats=tuple(d.get("rolling_stats", ROLLING_STATS)),
             window=int(d.get("window", 1)),
             detrend_persistent=bool(d.get("detrend_persistent", False)),
+            baseline=int(d.get("baseline", 0)),
         )
 
 
@@ -336,13 +351,22 @@ class FeaturePipeline:
             z[missing] = 0.0
         if "raw" in blocks:
             blocks["raw"][:] = z
+        persistent = _per_row(tables, "persistent", row_table) > 0.5
+        before_window = np.arange(n) - np.minimum(pos, self.spec.rolling)  # the row `rolling` readings back
         if self.spec.detrend_persistent and mean is not None:
             # Persistent channels: levels relative to the trailing mean of the window ending K readings ago.
-            earlier = mean[np.arange(n) - np.minimum(pos, self.spec.rolling)]
-            persistent = _per_row(tables, "persistent", row_table) > 0.5
+            earlier = mean[before_window]
             for block in ("raw", "rolling_mean"):
                 if block in blocks:
                     np.subtract(blocks[block], earlier, out=blocks[block], where=persistent)
+        if self.spec.baseline and mean is not None:
+            # Other channels: levels relative to the mean of the `baseline` readings before the window.
+            slow = (_trailing_sum(z, pos, self.spec.baseline) / np.minimum(pos + 1, self.spec.baseline)[:, None])[
+                before_window
+            ]
+            for block in ("raw", "rolling_mean"):
+                if block in blocks:
+                    np.subtract(blocks[block], slow, out=blocks[block], where=~persistent)
         if final:
             points -= _per_row(tables, "feature_center", row_table)
             points /= _per_row(tables, "feature_scale", row_table)

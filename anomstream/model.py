@@ -7,8 +7,14 @@ fleet); scoring routes a reading to its device's detector and falls back to the 
 always fitted too (on all devices' rows), for devices unseen in training.
 
 Thresholds are calibrated on held-back normal data from the training range: the last
-``validation_fraction`` of each device's training rows is kept out of fitting, and the threshold is a high
-``quantile`` of those rows' scores times a ``margin``. Evaluation labels are never used.
+``validation_fraction`` of each device's training rows is kept out of fitting, and the threshold is set so
+that a fraction ``target_far`` of normal readings is flagged (:mod:`anomstream.calibration`: an empirical
+quantile where the held-back rows suffice, a peaks-over-threshold tail fit where they do not). Evaluation
+labels are never used.
+
+A reading whose score depends on readings that do not exist (a device's first ``context`` readings: partial
+rolling windows, smoothing or hold reaching before the device's first reading) is scored but never flagged
+(``ScoreResult.warming_up``).
 
 Scores are post-processed causally per device: a trailing mean over the last ``smoothing`` readings (noise
 reduction), then a trailing maximum over the last ``hold`` readings (an alarm off-delay, as alarm
@@ -34,6 +40,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from anomstream.calibration import Calibration, calibrate
 from anomstream.detectors import Detector, detector_class, make_detector
 from anomstream.errors import ModelError, ModelIntegrityError
 from anomstream.features import FeaturePipeline, FeatureSpec, device_positions, trailing_max, trailing_mean
@@ -44,6 +51,10 @@ logger = logging.getLogger(__name__)
 MANIFEST = "model.json"
 FORMAT_VERSION = 1
 MIN_FIT_ROWS = 20  # fewest rows a detector is fitted on (a device with fewer uses the global detector)
+# One normal reading in a thousand may be flagged: with the 20-reading alarm hold, about one false alarm per
+# 20,000 readings (5.5 hours at 1 Hz), the order of what alarm-management practice (ISA-18.2) asks of a loop.
+DEFAULT_TARGET_FAR = 0.001
+_LEGACY_KEYS = frozenset({"quantile", "margin"})  # calibration settings of format-1 models before target_far
 
 
 @dataclass(frozen=True)
@@ -58,13 +69,19 @@ class ModelConfig:
         standardise: standardise with training statistics.
         detrend_persistent: monitor persistent (drifting) channels through their recent change rather than
             their level (see ``anomstream.features``).
+        baseline: readings in the slow per-device baseline the other channels' levels are measured against
+            (0: against the training statistics; see ``anomstream.features``).
         smoothing: trailing readings the score is averaged over (1: no smoothing).
         hold: trailing readings the smoothed score is maximised over (1: no hold).
-        validation_fraction: tail fraction of each device's training rows held back for calibration: the
-            most recent normal data, closest to what will be scored. (Out-of-fold calibration over blocks of
-            the whole training range was tried on SKAB and set thresholds less consistently.)
-        quantile: quantile of the validation scores the threshold starts from.
-        margin: factor applied to that quantile.
+        validation_fraction: with ``calibration_folds=1``, the tail fraction of each device's training rows
+            held back for calibration (the most recent normal data).
+        calibration_folds: consecutive blocks each device's training rows are cut into; every block's scores
+            come from a detector fitted on the other blocks (out-of-fold), and the threshold is calibrated on
+            all of them, so that it sees how the detector scores a stretch of time it was not fitted on, as
+            it will in service; the served detector is then fitted on all rows. 1: fit on the first rows and
+            calibrate on the last ``validation_fraction``.
+        target_far: fraction of normal readings the threshold may flag (per reading, after smoothing and
+            hold).
     """
 
     rolling: int = 0
@@ -73,22 +90,23 @@ class ModelConfig:
     window: int = 1
     standardise: bool = True
     detrend_persistent: bool = False
+    baseline: int = 0
     smoothing: int = 1
     hold: int = 1
     validation_fraction: float = 0.2
-    quantile: float = 0.99
-    margin: float = 1.0
+    calibration_folds: int = 5
+    target_far: float = DEFAULT_TARGET_FAR
 
     def __post_init__(self) -> None:
         windows_ok = self.smoothing >= 1 and self.hold >= 1
-        if not windows_ok or not 0.0 < self.validation_fraction < 1.0 or not 0.0 < self.quantile <= 1.0:
+        windows_ok = windows_ok and self.calibration_folds >= 1 and self.baseline >= 0
+        if not windows_ok or not 0.0 < self.validation_fraction < 1.0 or not 0.0 < self.target_far < 0.5:
             raise ModelError(
-                f"invalid model config: smoothing={self.smoothing}, hold={self.hold} (>= 1), "
+                f"invalid model config: smoothing={self.smoothing}, hold={self.hold}, "
+                f"calibration_folds={self.calibration_folds} (>= 1), baseline={self.baseline} (>= 0), "
                 f"validation_fraction={self.validation_fraction} (in (0, 1)), "
-                f"quantile={self.quantile} (in (0, 1])"
+                f"target_far={self.target_far} (in (0, 0.5))"
             )
-        if self.margin <= 0.0:
-            raise ModelError(f"invalid model config: margin={self.margin} must be > 0")
 
     def feature_spec(self, channels: tuple[str, ...]) -> FeatureSpec:
         """The feature spec these settings describe for ``channels``."""
@@ -100,6 +118,7 @@ class ModelConfig:
             rolling_stats=self.rolling_stats,
             window=self.window,
             detrend_persistent=self.detrend_persistent,
+            baseline=self.baseline,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -112,6 +131,7 @@ class ModelConfig:
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
         """Inverse of ``to_dict`` (unknown keys are an error)."""
         known = {f.name for f in fields(cls)}
+        d = {k: v for k, v in d.items() if k not in _LEGACY_KEYS}  # older models: their thresholds are stored
         unknown = set(d) - known
         if unknown:
             raise ModelError(f"unknown model settings {sorted(unknown)}; known: {sorted(known)}")
@@ -123,10 +143,8 @@ class ModelConfig:
 
 # One configuration per detector, used for every data set. Shared features: per device, the trailing mean and
 # spread of the last 10 readings of every channel, persistent channels detrended, all standardised on the
-# training rows; scores averaged over 5 readings (noise) and held for 20 (alarm off-delay). The margins
-# differ because the score scales do: PCA's combined index and the autoencoders' squared errors grow with
-# the size of a deviation, Isolation Forest's score is bounded in (0, 1] and saturates. Figures on SKAB:
-# anomstream/skab_eval.py.
+# training rows; scores averaged over 5 readings (noise) and held for 20 (alarm off-delay); thresholds for
+# the default false-alarm rate. Figures on SKAB: anomstream/skab_eval.py.
 _SHARED = ModelConfig(
     rolling=10,
     rolling_stats=("mean", "std"),
@@ -135,13 +153,12 @@ _SHARED = ModelConfig(
     smoothing=5,
     hold=20,
     validation_fraction=0.2,
-    quantile=0.99,
 )
 DEFAULT_CONFIGS: dict[str, ModelConfig] = {
-    "iforest": replace(_SHARED, margin=1.05),
-    "pca": replace(_SHARED, margin=2.0),
-    "dense-ae": replace(_SHARED, margin=2.5),
-    "conv-ae": replace(_SHARED, window=32, margin=2.5),
+    "iforest": _SHARED,
+    "pca": _SHARED,
+    "dense-ae": _SHARED,
+    "conv-ae": replace(_SHARED, window=32),
 }
 DEFAULT_DETECTOR_PARAMS: dict[str, dict[str, Any]] = {
     "iforest": {},
@@ -162,6 +179,8 @@ class ScoreResult:
         contributions: ``(n, C)`` share of each raw channel in the row's detector score (rows sum to 1);
             computed for flagged rows only unless asked for all (other rows are 0).
         raw_score: ``(n,)`` detector score before smoothing and hold.
+        warming_up: ``(n,)`` the score depends on readings before the device's first one (never flagged).
+        own_model: ``(n,)`` the device's own detector scored the row (else the global one).
     """
 
     score: np.ndarray
@@ -169,6 +188,8 @@ class ScoreResult:
     flagged: np.ndarray
     contributions: np.ndarray
     raw_score: np.ndarray
+    warming_up: np.ndarray
+    own_model: np.ndarray
 
 
 class AnomalyModel:
@@ -188,6 +209,7 @@ class AnomalyModel:
         device_detectors: dict[str, Detector],
         device_thresholds: dict[str, float],
         seed: int,
+        calibration: dict[str, Any] | None = None,
     ) -> None:
         self.detector_name = detector_name
         self.config = config
@@ -198,6 +220,7 @@ class AnomalyModel:
         self.device_detectors = device_detectors
         self.device_thresholds = device_thresholds
         self.seed = seed
+        self.calibration = calibration or {}
 
     @property
     def channels(self) -> tuple[str, ...]:
@@ -255,14 +278,37 @@ class AnomalyModel:
                 f"{int(validation_rows.sum())} to calibrate: give the trainer more training records"
             )
 
+        folds = config.calibration_folds
+        fold = np.minimum(folds - 1, (folds * position) // np.maximum(count, 1))
+
+        def held_out_scores(rows: np.ndarray) -> np.ndarray:
+            """Post-processed scores of each fold's calibratable rows by a detector fitted without that fold."""
+            pooled = []
+            for k in range(folds):
+                mask = usable[rows] & (fold[rows] != k)
+                if mask.sum() < MIN_FIT_ROWS:
+                    continue
+                model = make_detector(detector, **detector_params).fit(features[rows[mask]], seed=seed)
+                processed = _postprocess(model.score(features[rows]), batch.device_id[rows], config)
+                pooled.append(processed[calibratable[rows] & (fold[rows] == k)])
+            return np.concatenate(pooled) if pooled else np.zeros(0)
+
         def fit_one(rows: np.ndarray) -> tuple[Detector, float]:
             """Detector and threshold for the rows with indices ``rows`` (ascending)."""
-            model = make_detector(detector, **detector_params).fit(features[rows[fit_rows[rows]]], seed=seed)
-            # Score the fit rows too: smoothing and hold of the first validation rows reach back into them.
-            processed = _postprocess(model.score(features[rows]), batch.device_id[rows], config)
-            threshold = _calibrate(processed[validation_rows[rows]], config)
-            model.threshold_ = threshold
-            return model, threshold
+            if folds > 1:
+                held_out = held_out_scores(rows)
+                model = make_detector(detector, **detector_params).fit(features[rows[usable[rows]]], seed=seed)
+            else:
+                model = make_detector(detector, **detector_params).fit(features[rows[fit_rows[rows]]], seed=seed)
+                # Score the fit rows too: smoothing and hold of the first validation rows reach back into them.
+                processed = _postprocess(model.score(features[rows]), batch.device_id[rows], config)
+                held_out = processed[validation_rows[rows]]
+            calibration = calibrate(held_out, config.target_far)
+            model.threshold_ = calibration.threshold
+            calibrations.append(calibration)
+            return model, calibration.threshold
+
+        calibrations: list[Calibration] = []
 
         global_detector, global_threshold = fit_one(np.arange(len(batch)))
         device_detectors: dict[str, Detector] = {}
@@ -297,6 +343,7 @@ class AnomalyModel:
             device_detectors,
             device_thresholds,
             seed,
+            _calibration_summary(calibrations, config.target_far),
         )
 
     def score(
@@ -330,13 +377,14 @@ class AnomalyModel:
             elif len(rows):
                 raw[rows] = detector.score(features[rows])
         score = _postprocess(raw, batch.device_id, self.config)
-        flagged = score > threshold
+        warming_up = device_positions(batch.device_id)[0] < self.context
+        flagged = (score > threshold) & ~warming_up
         explained = {"flagged": flagged, "all": np.ones(n, bool), "none": np.zeros(n, bool)}[explain]
         contributions = np.zeros((n, len(self.channels)))
         for index, rows in _groups(np.where(explained, route, -1)):
             if index >= 0:
                 contributions[rows] = self._channel_shares(detectors[index][0], features[rows])
-        return ScoreResult(score, threshold, flagged, contributions, raw)
+        return ScoreResult(score, threshold, flagged, contributions, raw, warming_up, route > 0)
 
     def save(self, directory: str | Path) -> list[str]:
         """Write the model into ``directory``; return the files written, relative to it."""
@@ -359,6 +407,7 @@ class AnomalyModel:
             "seed": self.seed,
             "features": self.pipeline.to_dict(),
             "global_threshold": self.global_threshold,
+            "calibration": self.calibration,
             "devices": devices,
         }
         (directory / MANIFEST).write_text(json.dumps(manifest, indent=1))
@@ -397,6 +446,7 @@ class AnomalyModel:
                 {d: loaded[e["folder"]] for d, e in manifest["devices"].items()},
                 {d: float(e["threshold"]) for d, e in manifest["devices"].items()},
                 int(manifest["seed"]),
+                dict(manifest.get("calibration", {})),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelIntegrityError(f"{directory / MANIFEST} is incomplete or malformed: {exc!r}") from exc
@@ -443,12 +493,18 @@ def _postprocess(raw: np.ndarray, device_id: np.ndarray, config: ModelConfig) ->
     return trailing_max(trailing_mean(raw, device_id, config.smoothing), device_id, config.hold)
 
 
-def _calibrate(validation_scores: np.ndarray, config: ModelConfig) -> float:
-    """Threshold: a high quantile of held-back normal scores, times the margin."""
-    finite = validation_scores[np.isfinite(validation_scores)]
-    if not len(finite):
-        raise ModelError("no finite validation scores to calibrate a threshold on: check the training data")
-    return float(np.quantile(finite, config.quantile) * config.margin)
+def _calibration_summary(calibrations: list[Calibration], target_far: float) -> dict[str, Any]:
+    """The global detector's calibration (first) and, over all detectors, the held-back flag rates."""
+    rates = np.array([c.held_back_rate for c in calibrations])
+    methods = sorted({c.method for c in calibrations})
+    return {
+        "target_far": target_far,
+        "global": calibrations[0].to_dict(),
+        "detectors": len(calibrations),
+        "methods": methods,
+        "held_back_rate_mean": float(rates.mean()),
+        "held_back_rate_max": float(rates.max()),
+    }
 
 
 def _groups(keys: np.ndarray) -> list[tuple[int, np.ndarray]]:

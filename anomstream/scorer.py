@@ -35,7 +35,7 @@ from anomstream.config import KafkaSettings, TopicSettings
 from anomstream.errors import KafkaClientError
 from anomstream.kafka_config import consumer_config, producer_config, registry_client, wrap_kafka_error
 from anomstream.model_store import LoadedModel, ModelStore
-from anomstream.scoring.anomalies import score_batch
+from anomstream.scoring.anomalies import ScoredBatch, score_batch
 from anomstream.scoring.commit import AtLeastOnceCommit, BatchCommit, Output, TransactionalCommit
 from anomstream.scoring.decode import ColumnarTelemetryDecoder, reject_foreign_keys
 from anomstream.scoring.dlq import SourceRecord, dead_letter
@@ -275,7 +275,7 @@ class Scorer:
         if not self._commit_batch(outputs, partition, offset, good):
             return
         self._history.advance(batch, rows_partition, scored.raw)
-        self._count(len(good), scored.scored, len(scored.anomalies), decoded, time.perf_counter() - started)
+        self._count(len(good), scored, decoded, time.perf_counter() - started)
 
     def _commit_batch(self, outputs: list[Output], partition: np.ndarray, offset: np.ndarray,
                       good: list[Message]) -> bool:  # fmt: skip
@@ -325,15 +325,18 @@ class Scorer:
                            bad.reason, bad.message, extra={"reason": bad.reason})  # fmt: skip
         return outputs
 
-    def _count(self, consumed: int, scored: int, anomalies: int, decoded: DecodeResult, seconds: float) -> None:
+    def _count(self, consumed: int, scored: ScoredBatch, decoded: DecodeResult, seconds: float) -> None:
         r, m = self.report, self.metrics
+        anomalies = len(scored.anomalies)
         r.consumed += consumed
-        r.scored += scored
+        r.scored += scored.scored
         r.anomalies += anomalies
         r.batches += 1
         m.consumed.inc(consumed)
-        m.scored.inc(scored)
+        m.scored.inc(scored.scored)
         m.anomalies.inc(anomalies)
+        m.warming_up.inc(scored.warming_up)
+        m.count_flags(scored.scored, anomalies)
         for bad in decoded.bad:
             r.dead_letters[bad.reason] += 1
             m.dead_letters.labels(bad.reason).inc()
@@ -358,7 +361,7 @@ class Scorer:
                         self._model.version)  # fmt: skip
         self._model = loaded
         self.report.model = f"{loaded.name} v{loaded.version}"
-        self.metrics.set_model(loaded.name, loaded.version, model.detector_name, self.device)
+        self.metrics.set_model(loaded.name, loaded.version, model.detector_name, self.device, model.config.target_far)
         self.health.model_loaded = True
 
     def _rebuild(self) -> None:

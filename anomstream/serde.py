@@ -29,7 +29,7 @@ from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 from anomstream import avro_batch
 from anomstream.errors import KafkaClientError
-from anomstream.telemetry import NO_LABEL, AnomalyColumns, TelemetryBatch
+from anomstream.telemetry import NO_LABEL, SCORED_BY_GLOBAL, AnomalyColumns, TelemetryBatch
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +132,9 @@ def encode_anomalies(anomalies: AnomalyColumns, schema_id: int) -> list[bytes]:
         avro_batch.zigzag_varints(anomalies.source_offset),
         *avro_batch.optional_ints(label, label == NO_LABEL),
         avro_batch.zigzag_varints(np.broadcast_to(np.asarray(anomalies.scored_at_ms, dtype=np.int64), (n,))),
+        avro_batch.strings(
+            np.full(n, SCORED_BY_GLOBAL, dtype=object) if anomalies.scored_by is None else anomalies.scored_by
+        ),
     ]
     return avro_batch.join_rows(pieces, n)
 

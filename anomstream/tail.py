@@ -48,6 +48,7 @@ def anomaly_row(record: dict[str, Any]) -> dict[str, Any]:
         "partition": record["source_partition"],
         "offset": record["source_offset"],
         "scored_at": _iso(record["scored_at"]),
+        "scored_by": record.get("scored_by", "global"),  # records written before the field existed
     }
 
 

@@ -75,6 +75,9 @@ class TelemetryBatch:
         )
 
 
+SCORED_BY_DEVICE, SCORED_BY_GLOBAL = "device", "global"  # which detector scored an anomaly
+
+
 @dataclass(frozen=True)
 class AnomalyColumns:
     """Flagged readings, one row each, for :func:`encode_anomalies` (fields of ``schemas/anomaly.avsc``).
@@ -96,6 +99,7 @@ class AnomalyColumns:
         source_offset: ``(n,)`` int64 offset of each reading.
         label: ``(n,)`` int8 ground truth of the input, ``NO_LABEL`` for none.
         scored_at_ms: when the scorer flagged them (scalar or ``(n,)``, epoch ms).
+        scored_by: ``(n,)`` object array, ``"device"`` (the device's own detector) or ``"global"``.
     """
 
     device_id: np.ndarray
@@ -112,6 +116,7 @@ class AnomalyColumns:
     source_offset: np.ndarray
     label: np.ndarray
     scored_at_ms: np.ndarray | int
+    scored_by: np.ndarray | None = None  # None: all "global"
 
     def __len__(self) -> int:
         return len(self.device_id)

@@ -8,6 +8,7 @@ import pickle
 import numpy as np
 import pytest
 
+from anomstream.calibration import calibrate
 from anomstream.errors import ModelError, ModelIntegrityError
 from anomstream.features import device_positions
 from anomstream.model import DEFAULT_CONFIGS, MANIFEST, AnomalyModel, ModelConfig
@@ -119,15 +120,37 @@ def test_contributions_are_channel_shares_of_flagged_rows(fleet_model):
     assert (result.contributions[late].argmax(axis=1) == 2).mean() > 0.9
 
 
-def test_threshold_is_the_validation_quantile_times_the_margin():
+def test_threshold_is_calibrated_for_the_target_rate_on_held_back_rows():
     batch = readings({"pump-a": 10.0}, 1000, seed=11)
-    plain = AnomalyModel.fit(batch, "pca", params={"margin": 1.0})
-    doubled = AnomalyModel.fit(batch, "pca", params={"margin": 2.0})
-    assert doubled.global_threshold == pytest.approx(2.0 * plain.global_threshold)
-    # Calibrated on the last 20 % of the training rows: their 99th percentile score, and nothing else.
-    scores = plain.score(batch).score
-    assert plain.global_threshold == pytest.approx(np.quantile(scores[800:], 0.99))
-    assert plain.global_threshold != pytest.approx(np.quantile(scores[:800], 0.99))
+    tail = AnomalyModel.fit(batch, "pca", params={"calibration_folds": 1, "target_far": 0.01})
+    # One fold: fitted on the first 80 %, calibrated on the last 20 % of the training rows, nothing else.
+    scores = tail.score(batch).score
+    assert tail.global_threshold == pytest.approx(calibrate(scores[800:], 0.01).threshold)
+    assert tail.global_threshold != pytest.approx(calibrate(scores[:800], 0.01).threshold)
+    assert tail.calibration["target_far"] == 0.01 and tail.calibration["global"]["samples"] == 200
+    stricter = AnomalyModel.fit(batch, "pca", params={"calibration_folds": 1, "target_far": 0.001})
+    assert stricter.global_threshold > tail.global_threshold
+
+
+def test_out_of_fold_calibration_scores_every_block_with_a_detector_that_did_not_see_it():
+    batch = readings({"pump-a": 10.0}, 1000, seed=11)
+    model = AnomalyModel.fit(batch, "pca", params={"calibration_folds": 5})
+    # Every training row past the warm-up was held out once; the served detector saw all of them.
+    assert model.calibration["global"]["samples"] == 1000 - model.context
+    in_sample = model.score(batch).score[model.context :]
+    assert model.global_threshold > calibrate(in_sample, model.config.target_far).threshold
+
+
+def test_a_new_device_raises_no_alarm_while_its_windows_fill(fleet_model):
+    wild = readings({"pump-new": 1e6}, 200, seed=3)  # far outside anything seen, from its first reading
+    result = fleet_model.score(wild)
+    context = fleet_model.context
+    assert result.warming_up[:context].all() and not result.warming_up[context:].any()
+    assert not result.flagged[:context].any() and result.flagged[context:].all()
+    assert (result.score[1:context] > result.threshold[1:context]).all()  # scored, just not flagged
+    assert not result.own_model.any()  # no model of its own: the global one scored it
+    known = fleet_model.score(readings(FLEET, 600, seed=1))
+    assert known.own_model.all()
 
 
 def test_save_load_gives_identical_scores_without_pickle(fleet_model, tmp_path, monkeypatch):

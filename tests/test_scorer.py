@@ -350,7 +350,7 @@ def test_a_new_model_is_picked_up_mid_stream_and_a_corrupted_one_refused(
     store = ModelStore(topic_env["ANOMSTREAM_MODEL_DIR"])
     training = fleet.take(slice(0, 6_000))
     v1 = AnomalyModel.fit(training, "iforest", per_device=True, params=FAST_IFOREST)
-    v2 = AnomalyModel.fit(training, "iforest", per_device=True, params=FAST_IFOREST | {"quantile": 0.95}, seed=1)
+    v2 = AnomalyModel.fit(training, "iforest", per_device=True, params=FAST_IFOREST | {"target_far": 0.05}, seed=1)
     publish(store, "fleet", v1, kafka, topics)
     scorer = start_scorer(scorers, scorer_env, tmp_path, "--idle-exit", "8")
     scorer.wait_for(r"assigned partitions \[\d")

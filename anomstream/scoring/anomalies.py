@@ -14,7 +14,7 @@ import numpy as np
 
 from anomstream.model import AnomalyModel
 from anomstream.scoring.state import DeviceHistory
-from anomstream.telemetry import AnomalyColumns, TelemetryBatch
+from anomstream.telemetry import SCORED_BY_DEVICE, SCORED_BY_GLOBAL, AnomalyColumns, TelemetryBatch
 
 
 @dataclass(frozen=True)
@@ -25,11 +25,13 @@ class ScoredBatch:
         anomalies: the flagged readings, ready to encode.
         scored: how many readings were scored.
         raw: ``(scored,)`` detector scores of the readings (for :meth:`DeviceHistory.advance`).
+        warming_up: readings scored while their device's windows fill (never flagged).
     """
 
     anomalies: AnomalyColumns
     scored: int
     raw: np.ndarray
+    warming_up: int = 0
 
 
 def score_batch(
@@ -77,5 +79,6 @@ def score_batch(
         source_offset=np.asarray(offset)[flagged],
         label=batch.label[flagged],
         scored_at_ms=scored_at_ms,
+        scored_by=np.where(result.own_model[rows], SCORED_BY_DEVICE, SCORED_BY_GLOBAL).astype(object),
     )
-    return ScoredBatch(anomalies, len(batch), result.raw_score[lead:])
+    return ScoredBatch(anomalies, len(batch), result.raw_score[lead:], int(result.warming_up[lead:].sum()))

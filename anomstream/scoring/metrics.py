@@ -62,14 +62,43 @@ class ScorerMetrics:
             "anomstream_scorer_transient_errors", "Retried faults (registry, broker)", ["kind"], registry=r
         )
         self.aborted = Counter("anomstream_scorer_transactions_aborted", "Transactions aborted", registry=r)
+        self.warming_up = Counter(
+            "anomstream_scorer_readings_warming_up",
+            "Readings scored while their device's windows fill (never flagged)",
+            registry=r,
+        )
+        self.flag_rate = Gauge(
+            "anomstream_scorer_flag_rate",
+            "Fraction of readings flagged by the serving model since it started serving (compare target_far)",
+            ["model", "version"],
+            registry=r,
+        )
+        self.target_far = Gauge(
+            "anomstream_scorer_target_far", "The serving model's calibrated false-alarm rate", ["model", "version"],
+            registry=r,
+        )
+        self._model: tuple[str, str] | None = None
+        self._flagged_since_swap, self._scored_since_swap = 0, 0
         self.rebuild_records = Counter(
             "anomstream_scorer_history_records_read", "Records read back to rebuild device history", registry=r
         )
 
-    def set_model(self, name: str, version: int, detector: str, device: str) -> None:
-        """Show ``name``/``version`` as the one model serving."""
-        self.model_info.clear()
+    def set_model(self, name: str, version: int, detector: str, device: str, target_far: float) -> None:
+        """Show ``name``/``version`` as the one model serving; its live flag rate starts again."""
+        for gauge in (self.model_info, self.flag_rate, self.target_far):
+            gauge.clear()
         self.model_info.labels(name, str(version), detector, device).set(1)
+        self.target_far.labels(name, str(version)).set(target_far)
+        self.flag_rate.labels(name, str(version)).set(0.0)
+        self._model = (name, str(version))
+        self._flagged_since_swap, self._scored_since_swap = 0, 0
+
+    def count_flags(self, scored: int, flagged: int) -> None:
+        """Add a batch to the serving model's live flag rate."""
+        self._flagged_since_swap += flagged
+        self._scored_since_swap += scored
+        if self._scored_since_swap and self._model is not None:
+            self.flag_rate.labels(*self._model).set(self._flagged_since_swap / self._scored_since_swap)
 
     def render(self) -> bytes:
         """The exposition text."""

@@ -23,9 +23,9 @@ from tests.reliability.stacks import Cluster, start_private_cluster
 
 TRAIN_RECORDS = 200_000  # 10,000 readings per device: the whole time span the scenarios stream
 TRAIN_PER_DEVICE = 9_000  # each device's first readings fit; the rest evaluate (the trainer's window)
-# A threshold at the 95th percentile of held-back normal scores: a few percent of readings flagged, so that
-# a reading scored with the wrong history (a state bug after a takeover) is likely to change the set.
-TRAIN_PARAMS = '{"quantile": 0.95, "margin": 1.0}'
+# A threshold for 5 % of held-back normal readings: a few percent of readings flagged, so that a reading
+# scored with the wrong history (a state bug after a takeover) is likely to change the set.
+TRAIN_PARAMS = '{"target_far": 0.05}'
 
 
 @pytest.fixture(scope="session")
