@@ -40,7 +40,7 @@ from anomstream import evaluation
 from anomstream.config import KafkaSettings, TopicSettings, env
 from anomstream.errors import AnomstreamError, ModelError
 from anomstream.features import device_positions
-from anomstream.model import AnomalyModel
+from anomstream.model import DEFAULT_TARGET_FAR, AnomalyModel
 from anomstream.model_store import PROMOTE_MODES, ModelStore, PublishResult, announce
 from anomstream.telemetry import NO_LABEL, TelemetryBatch
 from anomstream.topic_window import TopicRead, read_topic
@@ -74,6 +74,13 @@ class TrainSettings(BaseSettings):
         None,
         "instead of times: each device's first N records train, the rest evaluate",
         ge=1,
+    )
+    target_far: float = env(
+        "ANOMSTREAM_TARGET_FAR",
+        DEFAULT_TARGET_FAR,
+        "fraction of normal readings the threshold may flag, calibrated on held-back training readings",
+        gt=0,
+        lt=0.5,
     )
     params: dict[str, Any] = env("ANOMSTREAM_TRAIN_PARAMS", {}, "model and detector parameter overrides, as JSON")
     promote: Literal["auto", "always", "never"] = env(
@@ -191,18 +198,22 @@ def read_windows(
 def fit_model(windows: Windows, settings: TrainSettings) -> AnomalyModel:
     """``AnomalyModel.fit`` on the training rows, with the settings' detector, seed and parameters."""
     train = windows.read.batch.take(windows.train)
+    params = {"target_far": settings.target_far, **settings.params}  # a target in --params wins
     return AnomalyModel.fit(
-        train, detector=settings.model, per_device=settings.per_device, seed=settings.seed, params=settings.params
+        train, detector=settings.model, per_device=settings.per_device, seed=settings.seed, params=params
     )
 
 
-def score_evaluation(model: AnomalyModel, windows: Windows) -> tuple[TelemetryBatch, np.ndarray, np.ndarray]:
-    """The evaluation rows, their scores and thresholds (scored after their training rows, for history)."""
+def score_evaluation(
+    model: AnomalyModel, windows: Windows
+) -> tuple[TelemetryBatch, np.ndarray, np.ndarray, np.ndarray]:
+    """The evaluation rows, their scores, thresholds and flags (scored after their training rows, for history;
+    a reading of a device still warming up is not flagged, as in the scorer)."""
     scored = windows.train | windows.evaluate
     batch = windows.read.batch.take(scored)
     result = model.score(batch, explain="none")
     rows = windows.evaluate[scored]
-    return batch.take(rows), result.score[rows], result.threshold[rows]
+    return batch.take(rows), result.score[rows], result.threshold[rows], result.flagged[rows]
 
 
 def train(
@@ -228,8 +239,9 @@ def train(
             model = fit_model(windows, settings)
         fit_s = time.monotonic() - started
         with display.step(f"evaluating on {int(windows.evaluate.sum()):,} records"):
-            eval_batch, score, threshold = score_evaluation(model, windows)
-            metrics = evaluation_metrics(eval_batch, score, threshold)
+            eval_batch, score, threshold, flagged = score_evaluation(model, windows)
+            metrics = evaluation_metrics(eval_batch, score, flagged)
+            metrics["calibration"] = {**model.calibration, "achieved_far": _normal_flag_rate(eval_batch, flagged)}
             incumbent = _incumbent_metrics(store, settings, windows) if metrics.get("f1") is not None else None
         manifest_extra = {
             "source": {"topic": topics.telemetry_topic, "read_ranges": _ranges(windows.read)},
@@ -255,16 +267,22 @@ def train(
     return TrainOutcome(publication, windows, metrics, read_s, fit_s, announced)
 
 
-def evaluation_metrics(batch: TelemetryBatch, score: np.ndarray, threshold: np.ndarray) -> dict[str, Any]:
+def evaluation_metrics(batch: TelemetryBatch, score: np.ndarray, flagged: np.ndarray) -> dict[str, Any]:
     """Score distribution and flag rate; with labels also F1, FAR, MAR, precision, recall, ROC-AUC, PR-AUC.
 
     Without a labelled row there is no ``f1`` key (the promotion gate then has nothing to compare).
     """
-    flagged = score > threshold
     labelled = int((batch.label != NO_LABEL).sum())
     if not labelled:
         return {"labelled_rows": 0, "scores": evaluation.score_distribution(score, flagged)}
     return {"labelled_rows": labelled, **evaluation.evaluate(batch.label, score, flagged)}
+
+
+def _normal_flag_rate(batch: TelemetryBatch, flagged: np.ndarray) -> float | None:
+    """Share of the evaluation window's normal readings flagged (all readings are taken as normal when none
+    is labelled): the false-alarm rate achieved, beside the target the threshold was calibrated for."""
+    normal = batch.label == 0 if (batch.label != NO_LABEL).any() else np.ones(len(batch), bool)
+    return float(flagged[normal].mean()) if normal.any() else None
 
 
 def _write_report(
@@ -295,8 +313,8 @@ def _incumbent_metrics(store: ModelStore, settings: TrainSettings, windows: Wind
         return None
     try:
         current = store.load(settings.model_name)
-        eval_batch, score, threshold = score_evaluation(current.model, windows)
-        return evaluation_metrics(eval_batch, score, threshold)
+        eval_batch, score, _, flagged = score_evaluation(current.model, windows)
+        return evaluation_metrics(eval_batch, score, flagged)
     except (AnomstreamError, KeyError, ValueError) as exc:
         logger.warning("cannot score the current %s on this evaluation window (%s)", settings.model_name, exc)
         return None

@@ -61,6 +61,10 @@ def test_training_from_a_topic_window_publishes_a_complete_version(
     metrics = manifest["evaluation"]["metrics"]
     assert metrics["tp"] + metrics["fp"] + metrics["fn"] + metrics["tn"] == DEVICES * 500
     assert report["f1"] == metrics["f1"] and 0.0 <= metrics["f1"] <= 1.0 and metrics["roc_auc"] is not None
+    # the rate asked for and the rate achieved on the evaluation window's normal readings, side by side
+    calibration = metrics["calibration"]
+    assert calibration["target_far"] == settings.target_far == 0.001 and calibration["detectors"] == DEVICES + 1
+    assert calibration["achieved_far"] == pytest.approx(metrics["fp"] / (metrics["fp"] + metrics["tn"]))
     assert sum(r[1] - r[0] for r in manifest["source"]["read_ranges"].values()) == RECORDS
     assert (
         manifest["per_device"] is True and manifest["seed"] == 0 and manifest["detector_params"]["n_estimators"] == 25

@@ -63,6 +63,12 @@ def summary(outcome: TrainOutcome) -> str:
     figures = f"flag rate {metrics['scores']['flag_rate']:.2%}"
     if metrics.get("f1") is not None:
         figures += f", F1 {metrics['f1']:.3f}, FAR {metrics['far']:.2f} %, MAR {metrics['mar']:.2f} %"
+    calibration = metrics.get("calibration", {})
+    if calibration.get("achieved_far") is not None:
+        figures += (
+            f"; false alarms on normal readings {calibration['achieved_far']:.2%}"
+            f" (target {calibration['target_far']:.2%})"
+        )
     state = "current" if publication.current else f"stored, not current (current: {publication.current_version})"
     return "\n".join(
         [
