@@ -140,6 +140,32 @@ def test_scores_do_not_depend_on_batch_boundaries(detector: str, params: dict[st
     assert np.array_equal(scores[flagged], offline.score[flagged])  # bit for bit, whatever the boundaries
 
 
+def test_streaming_warm_up_and_fallback_equal_offline() -> None:
+    # Two devices trained, a third unseen one appears mid-stream: its first readings warm up unflagged, its
+    # anomalies say the global detector scored them, and streaming counts equal the offline pass.
+    batch = _fleet(devices=3, records=3_000, seed=6)
+    trained = batch.device_id != "ü-3"
+    model = AnomalyModel.fit(batch.take(trained).take(slice(0, 1_200)), "pca", per_device=True)
+    offline = model.score(batch)
+    history = DeviceHistory(model.context, model.channels)
+    scored_by, warming_up, start = {}, 0, 0
+    partition = np.zeros(len(batch), dtype=np.int32)
+    for size in [int(s) for s in np.random.default_rng(2).integers(1, 200, size=100)]:
+        chunk = batch.take(slice(start, start + size))
+        offset = np.arange(start, start + len(chunk))
+        scored = score_batch(model, "m", 1, history, chunk, "t", partition[: len(chunk)], offset, 0)
+        scored_by.update(zip(scored.anomalies.source_offset, scored.anomalies.scored_by, strict=True))
+        warming_up += scored.warming_up
+        history.advance(chunk, partition[: len(chunk)], scored.raw)
+        start += size
+        if start >= len(batch):
+            break
+    assert warming_up == offline.warming_up.sum() == 3 * model.context
+    assert set(scored_by) == set(np.flatnonzero(offline.flagged))
+    expected = np.where(batch.device_id == "ü-3", "global", "device")
+    assert all(scored_by[o] == expected[o] for o in scored_by) and "global" in scored_by.values()
+
+
 def test_records_not_keyed_by_their_device_are_key_mismatches(registry: SchemaRegistryClient) -> None:
     encoder = TelemetryEncoder(registry, f"pytest_scoring_{uuid.uuid4().hex[:8]}")
     batch = _fleet(devices=3, records=6)

@@ -296,6 +296,7 @@ def test_anomalies_encode_for_confluent_readers(registry: SchemaRegistryClient, 
         source_offset=np.array([123456789, 0]),
         label=np.array([1, NO_LABEL], dtype=np.int8),
         scored_at_ms=1_700_000_002_000,
+        scored_by=np.array(["device", "global"], dtype=object),
     )
     values = AnomalyEncoder(registry, subject_topic).encode(anomalies)
     deserialize = AvroDeserializer(registry)
@@ -314,6 +315,7 @@ def test_anomalies_encode_for_confluent_readers(registry: SchemaRegistryClient, 
     assert [r["seq"] for r in records] == [10, 20]
     assert [int(r["scored_at"].timestamp() * 1000) for r in records] == [1_700_000_002_000] * 2
     assert int(records[1]["event_time"].timestamp() * 1000) == 1_700_000_001_000
+    assert [r["scored_by"] for r in records] == ["device", "global"]
 
 
 def test_column_wise_decoding_agrees_with_fastavro_on_corrupt_input(
