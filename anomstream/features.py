@@ -100,8 +100,15 @@ class FeatureSpec:
         if self.detrend_persistent:
             reach = 2 * self.rolling - 1  # the window that ended `rolling` readings earlier
         if self.baseline:
-            reach = max(reach, self.rolling + self.baseline - 1)  # the baseline before the rolling window
+            # the oldest baseline sample: a rolling mean that ended that many readings before
+            reach = max(reach, int(baseline_lags(self.rolling, self.baseline)[-1]) + self.rolling - 1)
         return reach + self.window - 1
+
+    @property
+    def warm_up(self) -> int:
+        """Previous readings a reading needs for complete features: ``context`` except the slow baseline, which
+        takes the median of the samples that exist."""
+        return FeatureSpec(**{**self.__dict__, "baseline": 0}).context
 
     @property
     def blocks(self) -> tuple[str, ...]:
@@ -215,6 +222,11 @@ class FeaturePipeline:
         return self.spec.context
 
     @property
+    def warm_up(self) -> int:
+        """Previous readings of the same device a reading needs for complete features."""
+        return self.spec.warm_up
+
+    @property
     def feature_channel(self) -> np.ndarray:
         """``(F,)`` raw channel index of each feature."""
         return self.spec.feature_channel
@@ -245,9 +257,13 @@ class FeaturePipeline:
                 self._devices[str(device)] = self._fit_scaling(batch.take(rows), values[rows])
         return self
 
-    def transform(self, batch: TelemetryBatch) -> np.ndarray | Windows:
+    def transform(self, batch: TelemetryBatch, needed: np.ndarray | None = None) -> np.ndarray | Windows:
         """Features of every row: ``(n, F)`` float64, or ``(n, W, F)`` float32 :class:`Windows` when
         ``spec.window > 1``.
+
+        ``needed`` (``(n,)`` bool, default all) marks the rows whose features will be used; the others are
+        inputs only (a scorer's history rows whose scores are known), and their slow-baseline levels are
+        left uncomputed. A needed row's window rows must be needed too.
 
         Windows feed the sequence autoencoder, which computes in float32 anyway; kept as float32 rows and an
         index, they are gathered only where and when the detector needs them.
@@ -259,7 +275,8 @@ class FeaturePipeline:
         tables = [self._global, *self._devices.values()]
         sorted_values = values[order]
         row_table = table_row[order]
-        points = self._point_features(sorted_values, pos, tables, row_table, final=True)
+        needed_sorted = None if needed is None else np.asarray(needed, dtype=bool)[order]
+        points = self._point_features(sorted_values, pos, tables, row_table, final=True, needed=needed_sorted)
         if self.spec.window > 1:
             in_row_order = np.empty_like(order)
             in_row_order[order] = np.arange(len(order))
@@ -327,6 +344,7 @@ class FeaturePipeline:
         tables: list[_Scaling],
         row_table: np.ndarray,
         final: bool,
+        needed: np.ndarray | None = None,
     ) -> np.ndarray:
         """Point features of device-grouped rows, ``(n, F)``."""
         n, n_channels = values.shape
@@ -361,9 +379,7 @@ class FeaturePipeline:
                     np.subtract(blocks[block], earlier, out=blocks[block], where=persistent)
         if self.spec.baseline and mean is not None:
             # Other channels: levels relative to the mean of the `baseline` readings before the window.
-            slow = (_trailing_sum(z, pos, self.spec.baseline) / np.minimum(pos + 1, self.spec.baseline)[:, None])[
-                before_window
-            ]
+            slow = _slow_baseline(mean, pos, self.spec.rolling, self.spec.baseline, needed)
             for block in ("raw", "rolling_mean"):
                 if block in blocks:
                     np.subtract(blocks[block], slow, out=blocks[block], where=~persistent)
@@ -371,6 +387,45 @@ class FeaturePipeline:
             points -= _per_row(tables, "feature_center", row_table)
             points /= _per_row(tables, "feature_scale", row_table)
         return points
+
+
+BASELINE_SAMPLES = 50  # rolling means the slow baseline takes the median of
+
+
+def baseline_lags(rolling: int, baseline: int) -> np.ndarray:
+    """How many readings back each slow-baseline sample (a trailing ``rolling`` mean) ends, newest first:
+    ``BASELINE_SAMPLES`` evenly spaced over the ``baseline`` readings before the row's own rolling window."""
+    step = max(1, baseline // BASELINE_SAMPLES)
+    return rolling + step * np.arange(max(1, baseline // step))
+
+
+def _slow_baseline(
+    mean: np.ndarray, pos: np.ndarray, rolling: int, baseline: int, needed: np.ndarray | None = None
+) -> np.ndarray:
+    """Per row, the median of the trailing ``rolling``-reading means at ``BASELINE_SAMPLES`` evenly spaced
+    points of the ``baseline`` readings before the row's own rolling window (device-grouped rows).
+
+    A median, so that a fault shorter than half the baseline moves it not at all: the fault is not learnt as
+    normal, and the return to normal after it is not mistaken for a change. Rows with no earlier window (a
+    device's first ``rolling`` readings) get 0, the training level; so do rows not ``needed``. Chunked to
+    bound memory.
+    """
+    lags = baseline_lags(rolling, baseline)
+    slow = np.zeros_like(mean)
+    wanted = np.arange(len(mean)) if needed is None else np.flatnonzero(needed)
+    for start in range(0, len(wanted), 4096):
+        rows = wanted[start : start + 4096]
+        back = rows[:, None] - lags[None, :]
+        valid = pos[rows, None] >= lags[None, :]
+        count = valid.sum(axis=1)  # valid lags are the first `count` ones: the oldest reach before the device
+        has = count > 0
+        rows, back, valid, count = rows[has], back[has], valid[has], count[has]
+        # Invalid samples sort last as +inf; the median of the first `count` sorted samples, per row.
+        samples = np.sort(np.where(valid[:, :, None], mean[np.where(valid, back, 0)], np.inf), axis=1)
+        low = np.take_along_axis(samples, ((count - 1) // 2)[:, None, None], axis=1)[:, 0]
+        high = np.take_along_axis(samples, (count // 2)[:, None, None], axis=1)[:, 0]
+        slow[rows] = 0.5 * (low + high)
+    return slow
 
 
 def device_positions(device_id: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -12,7 +12,7 @@ that a fraction ``target_far`` of normal readings is flagged (:mod:`anomstream.c
 quantile where the held-back rows suffice, a peaks-over-threshold tail fit where they do not). Evaluation
 labels are never used.
 
-A reading whose score depends on readings that do not exist (a device's first ``context`` readings: partial
+A reading whose score depends on readings that do not exist (a device's first ``warm_up`` readings: partial
 rolling windows, smoothing or hold reaching before the device's first reading) is scored but never flagged
 (``ScoreResult.warming_up``).
 
@@ -142,17 +142,19 @@ class ModelConfig:
 
 
 # One configuration per detector, used for every data set. Shared features: per device, the trailing mean and
-# spread of the last 10 readings of every channel, persistent channels detrended, all standardised on the
-# training rows; scores averaged over 5 readings (noise) and held for 20 (alarm off-delay); thresholds for
-# the default false-alarm rate. Figures on SKAB: anomstream/skab_eval.py.
+# spread of the last 10 readings of every channel; persistent channels detrended, the other channels' levels
+# taken against the median of their last 1,000 readings (a fault shorter than 500 readings never becomes the
+# baseline, a drift slower than that does), all standardised on the training rows; scores averaged over 5
+# readings (noise) and held for 20 (alarm off-delay); thresholds for the default false-alarm rate, from
+# out-of-fold scores over 5 blocks of the training rows. Figures: bench/quality.py.
 _SHARED = ModelConfig(
     rolling=10,
     rolling_stats=("mean", "std"),
     raw=False,
     detrend_persistent=True,
+    baseline=1000,
     smoothing=5,
     hold=20,
-    validation_fraction=0.2,
 )
 DEFAULT_CONFIGS: dict[str, ModelConfig] = {
     "iforest": _SHARED,
@@ -233,6 +235,12 @@ class AnomalyModel:
         return self.pipeline.context + self.config.smoothing - 1 + self.config.hold - 1
 
     @property
+    def warm_up(self) -> int:
+        """A device's first readings that are scored but never flagged: their features, smoothing or hold
+        reach before the device's first reading."""
+        return self.pipeline.warm_up + self.config.smoothing - 1 + self.config.hold - 1
+
+    @property
     def per_device(self) -> bool:
         """Whether devices seen in training have their own detectors."""
         return bool(self.device_detectors)
@@ -267,9 +275,9 @@ class AnomalyModel:
         position, count = device_positions(batch.device_id)
         # Warm-up rows (partial feature windows) neither fit nor calibrate; nor do rows whose smoothing or
         # hold window reaches back into warm-up rows.
-        usable = position >= np.minimum(pipeline.context, count // 4)
-        context = pipeline.context + config.smoothing - 1 + config.hold - 1
-        calibratable = position >= np.minimum(context, count // 4)
+        usable = position >= np.minimum(pipeline.warm_up, count // 4)
+        warm_up = pipeline.warm_up + config.smoothing - 1 + config.hold - 1
+        calibratable = position >= np.minimum(warm_up, count // 4)
         is_validation = position >= count - np.floor(count * config.validation_fraction)
         fit_rows, validation_rows = usable & ~is_validation, calibratable & is_validation
         if fit_rows.sum() < MIN_FIT_ROWS or validation_rows.sum() < 1:
@@ -353,7 +361,8 @@ class AnomalyModel:
 
         Args:
             batch: rows of one or many devices, each device's rows in ``seq`` order.
-            explain: compute channel contributions for ``"flagged"`` rows, ``"all"`` rows or ``"none"``.
+            explain: compute channel contributions for ``"flagged"`` rows (those without a ``known_raw``
+                score), ``"all"`` rows or ``"none"``.
             known_raw: ``(n,)`` detector scores already known (``ScoreResult.raw_score`` of an earlier
                 call), NaN where not: those rows skip the detector. The streaming scorer passes its history
                 rows' scores so that each reading goes through the detector once, however many batches it
@@ -362,10 +371,15 @@ class AnomalyModel:
         if explain not in ("flagged", "all", "none"):
             raise ModelError(f"explain={explain!r}: use 'flagged', 'all' or 'none'")
         n = len(batch)
-        features = self.pipeline.transform(batch)
-        route = self._route(batch.device_id)
         raw = np.full(n, np.nan) if known_raw is None else np.array(known_raw, dtype=np.float64)
         unknown = np.isnan(raw)
+        explained = {"flagged": None, "all": np.ones(n, bool), "none": np.zeros(n, bool)}[explain]
+        # Rows whose features are used: those the detector scores, and the rows in their windows.
+        needed = np.ones(n, bool) if explain == "all" else unknown
+        if self.config.window > 1:
+            needed = trailing_max(needed[::-1].astype(np.float64), batch.device_id[::-1], self.config.window)[::-1] > 0
+        features = self.pipeline.transform(batch, needed=needed)
+        route = self._route(batch.device_id)
         threshold = np.empty(n)
         detectors = self._detectors()
         for index, rows in _groups(route):
@@ -377,9 +391,10 @@ class AnomalyModel:
             elif len(rows):
                 raw[rows] = detector.score(features[rows])
         score = _postprocess(raw, batch.device_id, self.config)
-        warming_up = device_positions(batch.device_id)[0] < self.context
+        warming_up = device_positions(batch.device_id)[0] < self.warm_up
         flagged = (score > threshold) & ~warming_up
-        explained = {"flagged": flagged, "all": np.ones(n, bool), "none": np.zeros(n, bool)}[explain]
+        if explained is None:
+            explained = flagged & unknown  # rows with known scores are the caller's history: not explained
         contributions = np.zeros((n, len(self.channels)))
         for index, rows in _groups(np.where(explained, route, -1)):
             if index >= 0:

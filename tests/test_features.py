@@ -64,10 +64,14 @@ SPECS = [
     FeatureSpec(channels=CHANNELS, rolling=12, raw=False, rolling_stats=("mean",), detrend_persistent=True),
     FeatureSpec(channels=CHANNELS, rolling=5, window=4, detrend_persistent=True),
     FeatureSpec(channels=CHANNELS, window=6, standardise=False),
+    FeatureSpec(channels=CHANNELS, rolling=6, raw=False, detrend_persistent=True, baseline=120),
+    FeatureSpec(channels=CHANNELS, rolling=5, window=3, baseline=37),
 ]
 
 
-@pytest.mark.parametrize("spec", SPECS, ids=lambda s: f"r{s.rolling}w{s.window}d{int(s.detrend_persistent)}")
+@pytest.mark.parametrize(
+    "spec", SPECS, ids=lambda s: f"r{s.rolling}w{s.window}d{int(s.detrend_persistent)}b{s.baseline}"
+)
 @pytest.mark.parametrize("nan_fraction", [0.0, 0.03])
 def test_random_batches_with_context_history_equal_whole_sequence_exactly(spec, nan_fraction):
     batch = fleet(3000, devices=5, seed=1, nan_fraction=nan_fraction)
@@ -79,6 +83,25 @@ def test_random_batches_with_context_history_equal_whole_sequence_exactly(spec, 
         streamed = stream(batch, pipeline.context, cuts, pipeline.transform)
         assert np.array_equal(streamed, whole, equal_nan=True)
     assert not np.isnan(whole).any()
+
+
+def test_slow_baseline_follows_drift_but_not_a_fault_shorter_than_half_of_it():
+    n = 3000
+    rng = np.random.default_rng(4)
+    drift = np.linspace(0.0, 30.0, n)  # 30 training spreads over the run: far beyond any training period
+    fault = np.zeros(n)
+    fault[2000:2300] = 8.0  # 300 readings: shorter than half of the 1,000-reading baseline
+    values = (drift + fault + rng.normal(size=n))[:, None]
+    batch = TelemetryBatch(np.full(n, "d", dtype=object), np.arange(n) * 1000, np.arange(n), ("x",), values,
+                           np.zeros(n, dtype=np.int8))  # fmt: skip
+    spec = FeatureSpec(channels=("x",), rolling=10, raw=False, rolling_stats=("mean",), standardise=False,
+                       baseline=1000)  # fmt: skip
+    level = FeaturePipeline(spec).fit(batch.take(slice(0, 400))).transform(batch)[:, 0]
+    assert spec.warm_up == 9 and spec.context == 10 + 980 + 9  # the last sample's window: 990 back, 10 long
+    normal_before, in_fault, after = level[1100:1990], level[2020:2300], level[2320:]
+    assert np.abs(normal_before).max() < 8.0  # the drift is followed: levels stay near the recent median
+    assert in_fault.min() > 5.0  # the whole fault stands out: the median never learnt it
+    assert np.abs(after).max() < np.abs(normal_before).max() + 1.0  # and no mirror image after it
 
 
 def test_one_row_batches_equal_whole_sequence():

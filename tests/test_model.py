@@ -10,7 +10,7 @@ import pytest
 
 from anomstream.calibration import calibrate
 from anomstream.errors import ModelError, ModelIntegrityError
-from anomstream.features import device_positions
+from anomstream.features import baseline_lags, device_positions
 from anomstream.model import DEFAULT_CONFIGS, MANIFEST, AnomalyModel, ModelConfig
 from anomstream.telemetry import TelemetryBatch
 
@@ -136,15 +136,15 @@ def test_out_of_fold_calibration_scores_every_block_with_a_detector_that_did_not
     batch = readings({"pump-a": 10.0}, 1000, seed=11)
     model = AnomalyModel.fit(batch, "pca", params={"calibration_folds": 5})
     # Every training row past the warm-up was held out once; the served detector saw all of them.
-    assert model.calibration["global"]["samples"] == 1000 - model.context
-    in_sample = model.score(batch).score[model.context :]
+    assert model.calibration["global"]["samples"] == 1000 - model.warm_up
+    in_sample = model.score(batch).score[model.warm_up :]
     assert model.global_threshold > calibrate(in_sample, model.config.target_far).threshold
 
 
 def test_a_new_device_raises_no_alarm_while_its_windows_fill(fleet_model):
     wild = readings({"pump-new": 1e6}, 200, seed=3)  # far outside anything seen, from its first reading
     result = fleet_model.score(wild)
-    context = fleet_model.context
+    context = fleet_model.warm_up
     assert result.warming_up[:context].all() and not result.warming_up[context:].any()
     assert not result.flagged[:context].any() and result.flagged[context:].all()
     assert (result.score[1:context] > result.threshold[1:context]).all()  # scored, just not flagged
@@ -198,8 +198,11 @@ def test_single_device_per_device_model_shares_the_global_detector(tmp_path):
 def test_context_counts_features_smoothing_and_hold():
     config = DEFAULT_CONFIGS["pca"]
     model = AnomalyModel.fit(readings({"pump-a": 10.0}, 600, seed=17), "pca")
-    expected = (config.rolling - 1) + config.rolling + (config.smoothing - 1) + (config.hold - 1)
-    assert model.context == expected
+    warm_up = (config.rolling - 1) + config.rolling + (config.smoothing - 1) + (config.hold - 1)
+    assert model.warm_up == warm_up
+    # history also holds the slow baseline before the rolling window
+    oldest = baseline_lags(config.rolling, config.baseline)[-1] + config.rolling - 1
+    assert model.context == oldest + (config.smoothing - 1) + (config.hold - 1)
 
 
 def test_bad_requests_fail_with_model_errors(tmp_path):

@@ -160,7 +160,7 @@ def test_streaming_warm_up_and_fallback_equal_offline() -> None:
         start += size
         if start >= len(batch):
             break
-    assert warming_up == offline.warming_up.sum() == 3 * model.context
+    assert warming_up == offline.warming_up.sum() == 3 * model.warm_up
     assert set(scored_by) == set(np.flatnonzero(offline.flagged))
     expected = np.where(batch.device_id == "ü-3", "global", "device")
     assert all(scored_by[o] == expected[o] for o in scored_by) and "global" in scored_by.values()
