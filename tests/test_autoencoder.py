@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,13 @@ import torch
 from numpy.lib.stride_tricks import sliding_window_view
 from sklearn.metrics import roc_auc_score
 
-from anomstream.detectors.autoencoder import ConvAutoencoder, DenseAutoencoder, resolve_device
+from anomstream.detectors.autoencoder import (
+    DEFAULT_MAX_TRAIN_ROWS,
+    ConvAutoencoder,
+    DenseAutoencoder,
+    _training_sample,
+    resolve_device,
+)
 from anomstream.errors import ConfigError, ModelError
 from anomstream.features import Windows
 
@@ -320,3 +327,65 @@ def test_cuda_training_is_seeded_and_agrees_with_cpu_scoring(
     on_cpu = detector_class.load(tmp_path, device="cpu")
     # TF32 in cuDNN convolutions allows a small relative difference between devices.
     np.testing.assert_allclose(on_cpu.score(train), first.score(train), rtol=5e-3)
+
+
+def test_training_sample_is_seeded_uniform_and_in_order() -> None:
+    assert _training_sample(1000, 1000, seed=0) is None and _training_sample(1000, None, seed=0) is None
+    sample = _training_sample(100_000, 2_000, seed=5)
+    assert sample is not None and len(sample) == 2_000 and len(np.unique(sample)) == 2_000
+    assert (np.diff(sample) > 0).all() and sample[0] >= 0 and sample[-1] < 100_000
+    assert np.array_equal(sample, _training_sample(100_000, 2_000, seed=5))
+    assert not np.array_equal(sample, _training_sample(100_000, 2_000, seed=6))
+    # Uniform over the range: each tenth of the rows holds about a tenth of the sample.
+    assert (np.abs(np.bincount(sample // 10_000, minlength=10) - 200) < 60).all()
+
+
+def test_the_default_bound_leaves_small_fits_unchanged(dense_train: np.ndarray) -> None:
+    settings = {**TINY_DENSE, "max_epochs": 3}
+    default = DenseAutoencoder(**settings).fit(dense_train[:500], seed=2)
+    unbounded = DenseAutoencoder(**settings, max_train_rows=None).fit(dense_train[:500], seed=2)
+    exact = DenseAutoencoder(**settings, max_train_rows=500).fit(dense_train[:500], seed=2)
+    assert default.max_train_rows == DEFAULT_MAX_TRAIN_ROWS and default.params()["max_train_rows"] == 200_000
+    for other in (unbounded, exact):
+        assert np.array_equal(default.score(dense_train), other.score(dense_train))
+        assert default.threshold_ == other.threshold_ and default.history_ == other.history_
+
+
+def test_more_rows_than_the_bound_train_on_a_seeded_sample(dense_train: np.ndarray) -> None:
+    settings = {**TINY_DENSE, "max_epochs": 3}
+    bounded = DenseAutoencoder(**settings, max_train_rows=400).fit(dense_train, seed=2)
+    again = DenseAutoencoder(**settings, max_train_rows=400).fit(dense_train, seed=2)
+    sample = _training_sample(len(dense_train), 400, seed=2)
+    on_sample = DenseAutoencoder(**settings, max_train_rows=None).fit(dense_train[sample], seed=2)
+    for other in (again, on_sample):
+        assert np.array_equal(bounded.score(dense_train), other.score(dense_train))
+        assert bounded.threshold_ == other.threshold_ and bounded.history_ == other.history_
+
+
+def test_bounded_fit_on_windows_materialises_only_the_sampled_windows() -> None:
+    series = sine_series(20_000 + WINDOW - 1, seed=11).astype(np.float32)
+    index = np.arange(20_000)[:, None] + np.arange(WINDOW)[None, :]
+    windows = Windows(series, index)
+    materialised_bytes = 20_000 * WINDOW * N_FEATURES * 4  # what np.asarray(windows) would allocate
+    detector = ConvAutoencoder(**{**TINY_CONV, "max_epochs": 1}, max_train_rows=500)
+    # A process's first fit imports parts of torch lazily (tens of MB of Python objects): not what is measured.
+    ConvAutoencoder(**{**TINY_CONV, "max_epochs": 1}).fit(windows[:100], seed=0)
+    tracemalloc.start()
+    try:
+        detector.fit(windows, seed=0)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < materialised_bytes / 10  # 500 windows are 1/40 of them
+    sample = _training_sample(20_000, 500, seed=0)
+    reference = ConvAutoencoder(**{**TINY_CONV, "max_epochs": 1}, max_train_rows=None).fit(
+        np.asarray(windows[sample]), seed=0
+    )
+    probe = np.asarray(windows[:300])
+    assert np.array_equal(detector.score(probe), reference.score(probe))
+    assert detector.threshold_ == reference.threshold_
+
+
+def test_max_train_rows_below_the_minimum_is_refused() -> None:
+    with pytest.raises(ConfigError, match="max_train_rows"):
+        DenseAutoencoder(max_train_rows=5)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 import numpy as np
 import pytest
 from scipy import stats
@@ -104,3 +106,66 @@ def test_flat_training_feature_keeps_limits_finite():
 def test_invalid_parameters_are_rejected():
     with pytest.raises(ModelError):
         PCADetector(variance=1.5)
+
+
+def svd_reference(rows: np.ndarray, **params: float) -> PCADetector:
+    """The detector as the former fit built it, from the SVD of the centred rows (small data only)."""
+    reference = PCADetector(**params)
+    reference.mean_ = rows.mean(axis=0)
+    _, singular, vt = np.linalg.svd(rows - reference.mean_, full_matrices=False)
+    eigenvalues = singular**2 / (len(rows) - 1)
+    reference.eigenvalues_ = np.maximum(eigenvalues, reference.eigen_floor * eigenvalues[0])
+    reference.components_ = vt.T
+    explained = np.cumsum(eigenvalues) / eigenvalues.sum()
+    reference.n_components_ = int(min(np.searchsorted(explained, reference.variance - 1e-12) + 1, rows.shape[1]))
+    reference._set_limits()
+    return reference
+
+
+@pytest.mark.parametrize(
+    ("rows", "params"),
+    [
+        (correlated_rows(4000, seed=10), {"variance": 0.95}),
+        (correlated_rows(300, seed=11), {}),
+        # Eight features on very different scales, one almost flat: eigenvalues spread over many decades.
+        (np.random.default_rng(12).normal(size=(2000, 8)) * np.logspace(1, -3, 8) + 50.0, {"variance": 0.99}),
+    ],
+)
+def test_fit_matches_the_svd_of_the_centred_rows(rows, params):
+    fitted, reference = PCADetector(**params).fit(rows), svd_reference(rows, **params)
+    assert fitted.n_components_ == reference.n_components_
+    assert np.allclose(fitted.eigenvalues_, reference.eigenvalues_, rtol=1e-9, atol=0)
+    k = fitted.n_components_
+    # Same principal subspace: the projectors agree whatever the eigenvectors' signs.
+    projector, reference_projector = (d.components_[:, :k] @ d.components_[:, :k].T for d in (fitted, reference))
+    assert np.allclose(projector, reference_projector, rtol=0, atol=1e-9)
+    assert fitted.t2_limit_ == reference.t2_limit_
+    assert fitted.q_limit_ == pytest.approx(reference.q_limit_, rel=1e-9)
+    probe = np.concatenate([rows[:200], rows[:50] + 3.0 * rows.std(axis=0)])
+    assert np.allclose(fitted.score(probe), reference.score(probe), rtol=1e-9, atol=0)
+    assert np.allclose(fitted.contributions(probe), reference.contributions(probe), rtol=1e-8, atol=1e-12)
+
+
+def test_fit_is_deterministic_with_positive_largest_loadings():
+    rows = correlated_rows(3000, seed=13)
+    first, second = PCADetector().fit(rows), PCADetector().fit(rows.copy())
+    for name in ("mean_", "components_", "eigenvalues_"):
+        assert np.array_equal(getattr(first, name), getattr(second, name))
+    components = first.components_
+    assert (components[np.abs(components).argmax(axis=0), np.arange(components.shape[1])] > 0).all()
+    assert (np.diff(first.eigenvalues_) <= 0).all()
+    assert np.allclose(components.T @ components, np.eye(5), atol=1e-12)
+
+
+def test_tall_training_matrix_needs_no_n_by_n_memory():
+    # 300,000 x 16 float64 is 38 MB; the former full SVD asked for a 300,000 x 300,000 U (720 GB).
+    rows = np.random.default_rng(14).normal(size=(300_000, 16)) @ np.random.default_rng(15).normal(size=(16, 16))
+    tracemalloc.start()
+    try:
+        detector = PCADetector().fit(rows)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < rows.nbytes  # chunks of centred rows and F x F matrices: not even one copy of the input
+    assert detector.components_.shape == (16, 16) and detector.eigenvalues_.shape == (16,)
+    assert np.allclose(detector.eigenvalues_, np.linalg.eigvalsh(np.cov(rows, rowvar=False))[::-1], rtol=1e-9)

@@ -15,10 +15,12 @@ standardised by ``anomstream.features``; nothing is rescaled here.
 
 Training is seeded and deterministic (same data and seed give identical weights and scores; checked on CPU
 by the tests and on an H100), stops early on a validation split of the training data, and runs on CUDA when
-``device="auto"`` finds one. ``fit`` sets ``threshold_`` to a high quantile of the validation split's
-scores; ``anomstream.model`` may override it with its own calibration. ``save`` writes a ``state_dict``
-(``<name>.pt``) and a JSON file (``<name>.json``); ``load`` reads the weights with
-``torch.load(weights_only=True)``: no pickled code. A model trained on one device scores the same on the
+``device="auto"`` finds one. At most ``max_train_rows`` rows (windows) train, 200,000 by default: a longer
+training range is sampled uniformly (seeded), so that a trainer given a million readings needs a bounded
+amount of memory and time per epoch (``bench/fit_scale.py``). ``fit`` sets ``threshold_`` to a high
+quantile of the validation split's scores; ``anomstream.model`` may override it with its own calibration.
+``save`` writes a ``state_dict`` (``<name>.pt``) and a JSON file (``<name>.json``); ``load`` reads the
+weights with ``torch.load(weights_only=True)``: no pickled code. A model trained on one device scores the same on the
 other: dense-ae to within 1e-15, conv-ae to within about 1e-3 relative (cuDNN convolutions use TF32).
 
 Speed of ``score`` on CPU (default sizes, ``bench/autoencoder_device.py``): dense-ae scores 100,000 rows x 8
@@ -56,6 +58,8 @@ logger = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 VALIDATION_BLOCKS = 20  # contiguous blocks the validation split is drawn from (see _split)
 MIN_TRAINING_ROWS = 10
+DEFAULT_MAX_TRAIN_ROWS = 200_000  # training rows (windows) sampled at most; see _training_sample
+_SAMPLE_STREAM = 1  # seed-sequence key of the training sample, apart from the split's and torch's streams
 
 
 def resolve_device(device: str) -> torch.device:
@@ -124,6 +128,20 @@ def _split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return np.flatnonzero(~is_val), np.flatnonzero(is_val)
 
 
+def _training_sample(n: int, limit: int | None, seed: int) -> np.ndarray | None:
+    """Indices (ascending) of a seeded uniform sample of ``limit`` of ``n`` rows; ``None`` when all ``n`` train.
+
+    Training memory (the float32 rows or windows on the device) and the time of an epoch grow with the
+    rows; a uniform sample bounds both while keeping the mix of the whole training range (every device,
+    every stretch of time) rather than, say, only its most recent part. The indices stay in time order so
+    that the validation split still takes contiguous stretches of time (see ``_split``).
+    """
+    if limit is None or n <= limit:
+        return None
+    rng = np.random.default_rng(np.random.SeedSequence([seed, _SAMPLE_STREAM]))
+    return np.sort(rng.choice(n, size=limit, replace=False))
+
+
 def _first_line(exc: BaseException) -> str:
     """A short reason from an exception, leaving out torch's advice to load with ``weights_only=False``."""
     text = str(exc).strip().splitlines()
@@ -153,6 +171,7 @@ class _TorchAutoencoder(Detector):
         validation_fraction: float,
         threshold_quantile: float,
         score_batch_size: int | None,
+        max_train_rows: int | None,
         device: str,
         progress: bool | None,
     ) -> None:
@@ -167,6 +186,10 @@ class _TorchAutoencoder(Detector):
             score_batch_size is None or score_batch_size >= 1,
             f"score_batch_size must be >= 1 or None, got {score_batch_size}",
         )
+        _require(
+            max_train_rows is None or max_train_rows >= MIN_TRAINING_ROWS,
+            f"max_train_rows must be >= {MIN_TRAINING_ROWS} or None, got {max_train_rows}",
+        )
         self.max_epochs = max_epochs
         self.batch_size = batch_size
         self.learning_rate = learning_rate
@@ -175,6 +198,7 @@ class _TorchAutoencoder(Detector):
         self.validation_fraction = validation_fraction
         self.threshold_quantile = threshold_quantile
         self.score_batch_size = score_batch_size
+        self.max_train_rows = max_train_rows
         self.device = device
         self.progress = progress
         self.history_: list[dict[str, float]] = []
@@ -210,14 +234,19 @@ class _TorchAutoencoder(Detector):
             "validation_fraction": self.validation_fraction,
             "threshold_quantile": self.threshold_quantile,
             "score_batch_size": self.score_batch_size,
+            "max_train_rows": self.max_train_rows,
         }
 
     def fit(self, X: np.ndarray, seed: int = 0) -> Self:
         """Train on normal data, stop early on a validation split, calibrate ``threshold_`` on it.
 
+        With more than ``max_train_rows`` rows, a seeded uniform sample of that many (in their order) is
+        what trains and calibrates; ``Windows`` are materialised only for the sampled rows.
+
         Args:
-            X: Standardised normal training features, ``(n, F)`` or ``(n, W, F)`` as the class expects.
-            seed: Seeds the split, the initial weights, dropout and the batch order.
+            X: Standardised normal training features, ``(n, F)`` or ``(n, W, F)`` (an array or
+                ``anomstream.features.Windows``) as the class expects.
+            seed: Seeds the training sample, the split, the initial weights, dropout and the batch order.
 
         Returns:
             ``self``, fitted.
@@ -225,7 +254,14 @@ class _TorchAutoencoder(Detector):
         Raises:
             ModelError: ``X`` has the wrong shape, too few rows, non-finite values, or the device is missing.
         """
-        X = self._check_input(np.asarray(X), fitting=True)
+        X = self._check_input(X if isinstance(X, Windows) else np.asarray(X), fitting=True)
+        given = len(X)
+        sample = _training_sample(given, self.max_train_rows, seed)
+        if sample is not None:
+            # Sample before materialising: indexing Windows keeps them lazy, so a million windows never
+            # become an n x W x F array; only the sampled ones do below.
+            X = X[sample]
+        X = np.asarray(X)
         if not np.isfinite(X).all():
             raise ModelError(f"{self.name}: training data holds NaN or infinite values; impute or drop them")
         if len(X) < MIN_TRAINING_ROWS:
@@ -236,14 +272,14 @@ class _TorchAutoencoder(Detector):
         self._network, self._torch_device = None, device
         with _seeded(seed, device):
             network = self._build_network(self.input_shape_).to(device)
-            self._train(network, X[train_index], X[val_index], seed, device)
+            self._train(network, X, train_index, val_index, seed, device)
         self._network = network.eval()
         self.threshold_ = float(np.quantile(self.score(X[val_index]), self.threshold_quantile))
         best = min(self.history_, key=lambda row: row["val_loss"])
         logger.info(
-            "%s fitted on %d rows %s on %s: %d epochs, best %d (validation loss %.4g), threshold %.4g",
-            self.name, len(X), self.input_shape_, device, len(self.history_), best["epoch"], best["val_loss"],
-            self.threshold_,
+            "%s fitted on %d of %d rows %s on %s: %d epochs, best %d (validation loss %.4g), threshold %.4g",
+            self.name, len(X), given, self.input_shape_, device, len(self.history_), best["epoch"],
+            best["val_loss"], self.threshold_,
         )
         return self
 
@@ -342,15 +378,23 @@ class _TorchAutoencoder(Detector):
     # -- internals ----------------------------------------------------------------------------------------
 
     def _train(
-        self, network: nn.Module, train: np.ndarray, val: np.ndarray, seed: int, device: torch.device
+        self,
+        network: nn.Module,
+        data: np.ndarray,
+        train_index: np.ndarray,
+        val_index: np.ndarray,
+        seed: int,
+        device: torch.device,
     ) -> None:
-        """Mini-batch Adam on MSE; keeps the weights of the best validation epoch."""
+        """Mini-batch Adam on MSE over ``data[train_index]``; keeps the weights of the best validation epoch."""
         optimiser = torch.optim.Adam(
             network.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay
         )
-        # The whole split moves to the device once; batches are index gathers, not a DataLoader per epoch.
-        train_t = torch.from_numpy(np.ascontiguousarray(train, dtype=np.float32)).to(device)
-        val_t = torch.from_numpy(np.ascontiguousarray(val, dtype=np.float32)).to(device)
+        # The data move to the device once, as float32 (no copy when they already are); training batches
+        # are gathers through the training indices, so the training split is never copied whole.
+        data_t = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32)).to(device)
+        train_rows = torch.from_numpy(train_index).to(device)
+        val_t = data_t[torch.from_numpy(val_index).to(device)]
         batch_order = torch.Generator().manual_seed(seed)
         best_loss, best_state, stale = math.inf, None, 0
         self.history_ = []
@@ -359,14 +403,14 @@ class _TorchAutoencoder(Detector):
             for epoch in range(1, self.max_epochs + 1):
                 network.train()
                 total = torch.zeros((), device=device)
-                for batch_index in torch.randperm(len(train_t), generator=batch_order).split(self.batch_size):
-                    batch = train_t[batch_index.to(device)]
+                for batch_index in torch.randperm(len(train_rows), generator=batch_order).split(self.batch_size):
+                    batch = data_t[train_rows[batch_index.to(device)]]
                     optimiser.zero_grad(set_to_none=True)
                     loss = nn.functional.mse_loss(network(batch), batch)
                     loss.backward()
                     optimiser.step()
                     total += loss.detach() * len(batch_index)
-                train_loss = float(total) / len(train_t)
+                train_loss = float(total) / len(train_rows)
                 val_loss = self._validation_loss(network, val_t)
                 self.history_.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss})
                 bar.update(task, completed=epoch, train=train_loss, val=val_loss)
@@ -492,6 +536,10 @@ class DenseAutoencoder(_TorchAutoencoder):
         threshold_quantile: Quantile of the validation scores that ``fit`` sets ``threshold_`` to.
         score_batch_size: Rows per chunk when scoring (bounds memory, keeps the work vectorised); ``None``
             picks 65,536 on CPU and 262,144 on CUDA.
+        max_train_rows: Most training rows used: with more, a seeded, uniform sample of this many rows (kept
+            in time order, the same for the same data and seed) trains the network and calibrates the
+            threshold, so memory and the time of an epoch stay bounded however long the training range is.
+            Fits on at most this many rows are unaffected; ``None`` trains on every row.
         device: ``"auto"`` (CUDA if available, else CPU), ``"cpu"``, or ``"cuda"`` (a ``ModelError`` when
             CUDA is absent, rather than a silent fallback).
         progress: Show a rich progress bar while training; ``None`` shows it when stderr is a terminal.
@@ -515,6 +563,7 @@ class DenseAutoencoder(_TorchAutoencoder):
         validation_fraction: float = 0.15,
         threshold_quantile: float = 0.995,
         score_batch_size: int | None = None,
+        max_train_rows: int | None = DEFAULT_MAX_TRAIN_ROWS,
         device: str = "auto",
         progress: bool | None = None,
     ) -> None:
@@ -524,8 +573,8 @@ class DenseAutoencoder(_TorchAutoencoder):
         super().__init__(
             max_epochs=max_epochs, batch_size=batch_size, learning_rate=learning_rate,
             weight_decay=weight_decay, patience=patience, validation_fraction=validation_fraction,
-            threshold_quantile=threshold_quantile, score_batch_size=score_batch_size, device=device,
-            progress=progress,
+            threshold_quantile=threshold_quantile, score_batch_size=score_batch_size,
+            max_train_rows=max_train_rows, device=device, progress=progress,
         )
         self.hidden = tuple(int(w) for w in hidden)
         self.latent = latent
@@ -597,6 +646,11 @@ class ConvAutoencoder(_TorchAutoencoder):
         threshold_quantile: Quantile of the validation scores that ``fit`` sets ``threshold_`` to.
         score_batch_size: Windows per chunk when scoring; ``None`` picks 2,048 on CPU (cache-sized) and
             16,384 on CUDA.
+        max_train_rows: Most training windows used: with more, a seeded, uniform sample of this many windows
+            (kept in time order, the same for the same data and seed) trains and calibrates, and only those
+            are materialised (200,000 windows of ``W=32, F=16`` are 410 MB of float32, a million would be
+            2 GB, and an epoch's time grows with them). Fits on at most this many windows are unaffected;
+            ``None`` trains on every window.
         device: ``"auto"``, ``"cpu"`` or ``"cuda"`` (a ``ModelError`` when CUDA is absent).
         progress: Show a rich progress bar while training; ``None`` shows it when stderr is a terminal.
     """
@@ -620,6 +674,7 @@ class ConvAutoencoder(_TorchAutoencoder):
         validation_fraction: float = 0.15,
         threshold_quantile: float = 0.995,
         score_batch_size: int | None = None,
+        max_train_rows: int | None = DEFAULT_MAX_TRAIN_ROWS,
         device: str = "auto",
         progress: bool | None = None,
     ) -> None:
@@ -630,8 +685,8 @@ class ConvAutoencoder(_TorchAutoencoder):
         super().__init__(
             max_epochs=max_epochs, batch_size=batch_size, learning_rate=learning_rate,
             weight_decay=weight_decay, patience=patience, validation_fraction=validation_fraction,
-            threshold_quantile=threshold_quantile, score_batch_size=score_batch_size, device=device,
-            progress=progress,
+            threshold_quantile=threshold_quantile, score_batch_size=score_batch_size,
+            max_train_rows=max_train_rows, device=device, progress=progress,
         )
         self.channels = tuple(int(c) for c in channels)
         self.kernel_size = kernel_size

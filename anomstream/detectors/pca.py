@@ -36,6 +36,7 @@ logger = logging.getLogger(__name__)
 ARRAYS_FILE = "pca.npz"
 PARAMS_FILE = "pca.json"
 _ARRAYS = ("mean", "components", "eigenvalues")
+_COVARIANCE_CHUNK_ROWS = 65_536  # rows centred at a time while accumulating the covariance
 
 
 class PCADetector(Detector):
@@ -67,18 +68,27 @@ class PCADetector(Detector):
         self.q_limit_ = float("nan")
 
     def fit(self, X: np.ndarray, seed: int = 0) -> Self:
-        """Fit the principal subspace and the control limits (deterministic; ``seed`` is unused)."""
+        """Fit the principal subspace and the control limits (deterministic; ``seed`` is unused).
+
+        The subspace comes from the eigen-decomposition of the ``F x F`` sample covariance, accumulated in
+        chunks of rows: time ``O(n F²)``, memory ``O(F²)`` beyond the input, so every training row is used
+        however many there are. Eigenvalues are the variances along the components, in decreasing order (as
+        the squared singular values of the centred rows over ``n - 1`` would be); each component's
+        largest-magnitude entry is positive.
+        """
         rows = _as_rows(X)
         if len(rows) < 2:
             raise ModelError(f"pca needs at least 2 training rows, got {len(rows)}")
         self.mean_ = rows.mean(axis=0)
-        centred = rows - self.mean_
-        _, singular, vt = np.linalg.svd(centred, full_matrices=True)
-        eigenvalues = np.zeros(rows.shape[1])
-        eigenvalues[: len(singular)] = singular**2 / (len(rows) - 1)
+        # Eigen-decomposition of the F x F covariance rather than an SVD of the centred rows: a full SVD
+        # builds an n x n U (584 GiB at 280,000 rows), and even a thin one an n x F copy plus workspace.
+        eigenvalues, vectors = np.linalg.eigh(_covariance(rows, self.mean_))
+        order = np.argsort(eigenvalues, kind="stable")[::-1]  # eigh sorts ascending; keep decreasing
+        # Rounding can leave the eigenvalues of flat directions a hair below zero; they are variances.
+        eigenvalues = np.maximum(eigenvalues[order], 0.0)
+        self.components_ = _fix_signs(vectors[:, order])
         top = max(float(eigenvalues[0]), 1e-12)
         self.eigenvalues_ = np.maximum(eigenvalues, self.eigen_floor * top)
-        self.components_ = vt.T
         explained = np.cumsum(eigenvalues) / max(float(eigenvalues.sum()), 1e-300)
         self.n_components_ = int(min(np.searchsorted(explained, self.variance - 1e-12) + 1, rows.shape[1]))
         self._set_limits()
@@ -181,6 +191,31 @@ class PCADetector(Detector):
         loadings = self.components_[:, : self.n_components_]
         scores = centred @ loadings
         return scores, centred - scores @ loadings.T
+
+
+def _covariance(rows: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """Sample covariance ``(F, F)`` of ``rows`` about ``mean``, accumulated over bounded chunks of rows.
+
+    Chunks keep the centred copy at ``_COVARIANCE_CHUNK_ROWS x F`` whatever ``n`` is, so fitting needs
+    memory for the input and ``F x F`` matrices only.
+    """
+    n, n_features = rows.shape
+    total = np.zeros((n_features, n_features))
+    for start in range(0, n, _COVARIANCE_CHUNK_ROWS):
+        centred = rows[start : start + _COVARIANCE_CHUNK_ROWS] - mean
+        total += centred.T @ centred
+    return total / (n - 1)
+
+
+def _fix_signs(vectors: np.ndarray) -> np.ndarray:
+    """Eigenvectors (columns) with their largest-magnitude entry positive.
+
+    An eigenvector's sign is arbitrary (LAPACK's choice may differ between builds); fixing it makes the
+    saved components a function of the data alone. Scores, statistics and contributions do not depend on it.
+    """
+    largest = np.abs(vectors).argmax(axis=0)
+    signs = np.where(vectors[largest, np.arange(vectors.shape[1])] < 0, -1.0, 1.0)
+    return vectors * signs
 
 
 def _as_rows(X: np.ndarray) -> np.ndarray:
