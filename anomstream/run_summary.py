@@ -13,10 +13,12 @@ import uuid
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from confluent_kafka import Consumer, TopicPartition
 from rich.console import Console
 from rich.table import Table
 
+from anomstream.alarms import alarm_quality
 from anomstream.config import KafkaSettings, ModelStoreSettings, TopicSettings
 from anomstream.kafka_config import consumer_config
 from anomstream.model_store import ModelStore
@@ -71,6 +73,17 @@ def main(argv: list[str] | None = None) -> int:
         recall = tp / positives
         table.add_row("labelled readings", f"{int((labels >= 0).sum()):,} ({positives:,} anomalous)")
         table.add_row("precision / recall", f"{precision:.3f} / {recall:.3f} (TP {tp:,}, FP {fp:,})")
+        batch = telemetry.batch
+        flagged = pd.MultiIndex.from_arrays([batch.device_id, batch.seq]).isin(
+            [(a["device_id"], a["seq"]) for a in anomalies]
+        )
+        quality = alarm_quality(batch.device_id, labels, flagged)
+        table.add_row(
+            "alarm precision / recall",
+            f"{quality['alarm_precision']:.3f} / {quality['alarm_recall']:.3f} ({quality['true_alarms']:,} of "
+            f"{quality['alarms']:,} alarms overlap a fault; {quality['faults_found']:,} of {quality['faults']:,} "
+            "faults raised one)",
+        )
     model_store = ModelStore(store.model_dir)
     name = model_store.latest_name()
     if name is not None:

@@ -10,31 +10,15 @@ summed over files, as SKAB's ``core/metrics.py`` does.
 
 Files without labels (``anomaly-free/anomaly-free.csv``) are skipped.
 
-Figures with the default configurations (``anomstream eval skab --data ../shared/data/skab/data --model
-NAME``, valve1 + valve2: 20 files, 7,826 anomalous and 6,646 normal test readings; seed 0; autoencoders
-trained on the CPU):
-
-=========  =====  ======  ======  =====  ====  =====  =====
-detector   F1     FAR %   MAR %   TP     FP    FN     TN
-=========  =====  ======  ======  =====  ====  =====  =====
-pca        0.879   8.10   16.20   6558   538   1268   6108
-dense-ae   0.846   5.12   23.51   5986   340   1840   6306
-conv-ae    0.840   8.67   22.31   6080   576   1746   6070
-iforest    0.395  11.26   73.05   2109   748   5717   5898
-=========  =====  ======  ======  =====  ====  =====  =====
-
-SKAB's leaderboard for comparison: Conv-AE 0.78 / 13.55 / 28.02, Isolation Forest 0.29 / 2.56 / 82.89.
-What carries the figures (``anomstream.model.DEFAULT_CONFIGS``): trailing 10-reading means and spreads
-instead of single readings; the thermal channels, which drift far beyond the 400-reading training period,
-monitored through their recent change rather than their level (``detrend_persistent``); a 20-reading
-alarm hold, since the flow responds tens of readings after a labelled valve event starts and the labels
-outlast the response. Most of the missed readings are those response delays and two files (valve1/0,
-valve1/2) whose anomaly barely shows in any sensor. Isolation Forest stays weak: its bounded score
-saturates, so small drifts of any of its 16 features score almost like the anomaly (per-file ROC-AUC
-about 0.7 against 0.93 for PCA). With fewer training readings the false alarms grow (PCA: F1 0.845 and
-FAR 12.9 % with 375). Detrending persistent channels is a bet that training periods are short next to the
-drifts: on the synthetic fleet, trained on more than a full seasonal cycle, it costs PCA recall (F1 0.33
-with, 0.60 without); set ``detrend_persistent=False`` when the training window covers the normal range.
+Figures with the default configurations: ``python bench/quality.py`` (and the README). What carries them
+(``anomstream.model.DEFAULT_CONFIGS``): trailing 10-reading means and spreads instead of single readings;
+the thermal channels, which drift far beyond the 400-reading training period, monitored through their
+recent change, the other channels against the median of their last 1,000 readings; a 20-reading alarm hold,
+since the flow responds tens of readings after a labelled valve event starts; thresholds for the default
+false-alarm rate from out-of-fold scores of the training readings. Most of the missed readings are those
+response delays and two files (valve1/0, valve1/2) whose anomaly barely shows in any sensor. Isolation
+Forest stays weak: its bounded score saturates, so the extrapolated tail of its held-back scores lies near
+the score's ceiling.
 """
 
 from __future__ import annotations
