@@ -28,6 +28,21 @@ def _env_help(text: str, name: str, default: object) -> str:
     return f"{text} [env: {name}, default: {default}]"
 
 
+def _add_model_arguments(parser: Any) -> None:
+    """``--model`` and ``--seed``, shared by every benchmark."""
+    model_default = os.environ.get("ANOMSTREAM_MODEL", "iforest")
+    parser.add_argument(
+        "--model",
+        default=model_default,
+        choices=DETECTOR_NAMES,
+        help=_env_help("detector", "ANOMSTREAM_MODEL", model_default),
+    )
+    seed_default = int(os.environ.get("ANOMSTREAM_SEED", "0"))
+    parser.add_argument(
+        "--seed", type=int, default=seed_default, help=_env_help("model seed", "ANOMSTREAM_SEED", seed_default)
+    )
+
+
 def add_parser(subparsers: Any) -> None:
     """Register ``eval`` and its ``skab`` and ``nab`` actions."""
     parser = subparsers.add_parser("eval", help="evaluate detectors offline on labelled benchmark data")
@@ -43,16 +58,7 @@ def add_parser(subparsers: Any) -> None:
         default=data_default,
         help=_env_help("SKAB data folder (searched recursively)", "ANOMSTREAM_SKAB_DATA", data_default),
     )
-    model_default = os.environ.get("ANOMSTREAM_MODEL", "iforest")
-    skab.add_argument(
-        "--model",
-        default=model_default,
-        choices=DETECTOR_NAMES,
-        help=_env_help("detector", "ANOMSTREAM_MODEL", model_default),
-    )
-    seed_default = int(os.environ.get("ANOMSTREAM_SEED", "0"))
-    seed_help = _env_help("model seed", "ANOMSTREAM_SEED", seed_default)
-    skab.add_argument("--seed", type=int, default=seed_default, help=seed_help)
+    _add_model_arguments(skab)
     skab.add_argument(
         "--train-rows",
         type=int,
@@ -82,16 +88,7 @@ def _add_nab_parser(actions: Any) -> None:
             data_default,
         ),
     )
-    model_default = os.environ.get("ANOMSTREAM_MODEL", "iforest")
-    nab.add_argument(
-        "--model",
-        default=model_default,
-        choices=DETECTOR_NAMES,
-        help=_env_help("detector", "ANOMSTREAM_MODEL", model_default),
-    )
-    seed_default = int(os.environ.get("ANOMSTREAM_SEED", "0"))
-    seed_help = _env_help("model seed", "ANOMSTREAM_SEED", seed_default)
-    nab.add_argument("--seed", type=int, default=seed_default, help=seed_help)
+    _add_model_arguments(nab)
     nab.add_argument(
         "--results-dir",
         default=None,
