@@ -6,11 +6,12 @@ fitted on that device's rows alone (so a device's model is the same whether it w
 fleet); scoring routes a reading to its device's detector and falls back to the global one, which is
 always fitted too (on all devices' rows), for devices unseen in training.
 
-Thresholds are calibrated on held-back normal data from the training range: the last
-``validation_fraction`` of each device's training rows is kept out of fitting, and the threshold is set so
-that a fraction ``target_far`` of normal readings is flagged (:mod:`anomstream.calibration`: an empirical
-quantile where the held-back rows suffice, a peaks-over-threshold tail fit where they do not). Evaluation
-labels are never used.
+Thresholds are calibrated on held-back normal data from the training range: each device's training rows are
+cut into ``calibration_folds`` consecutive blocks, each block is scored by a detector fitted on the others,
+and the threshold is set so that a fraction ``target_far`` of those out-of-fold scores lies above it
+(:mod:`anomstream.calibration`: an empirical quantile where they suffice, a peaks-over-threshold tail fit
+where they do not); the served detector is fitted on all the rows. Evaluation labels are never used. Why
+and what it cannot promise: ``docs/alarms.md``.
 
 A reading whose score depends on readings that do not exist (a device's first ``warm_up`` readings: partial
 rolling windows, smoothing or hold reaching before the device's first reading) is scored but never flagged
