@@ -13,10 +13,10 @@ training rows and turns any ``TelemetryBatch`` into a feature array:
   window that ended ``rolling`` readings earlier, as an integrated series is differenced before it is
   charted. Noisy, stationary channels (flow, vibration, current) keep their levels;
 - optionally (``baseline``) the levels of the other channels taken relative to their own slow baseline: the
-  trailing mean of the ``baseline`` readings before the current rolling window. A level that drifts slowly
-  (ambient temperature, load growth, a sensor ageing) is then judged against the device's recent behaviour
-  rather than against the training period, while a change faster than the baseline stands out until the
-  baseline has caught up with it;
+  median of trailing means sampled over the ``baseline`` readings before the current rolling window. A level
+  that drifts slowly (ambient temperature, load growth, a sensor ageing) is then judged against the device's
+  recent behaviour rather than against the training period, while a fault shorter than half the baseline
+  never moves it;
 - optionally a final standardisation of every feature with its training mean and spread;
 - optionally sliding windows of ``window`` consecutive feature rows per device, ``(n, W, F)``, for sequence
   models.
@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Self
 
 import numpy as np
@@ -108,7 +108,7 @@ class FeatureSpec:
     def warm_up(self) -> int:
         """Previous readings a reading needs for complete features: ``context`` except the slow baseline, which
         takes the median of the samples that exist."""
-        return FeatureSpec(**{**self.__dict__, "baseline": 0}).context
+        return replace(self, baseline=0).context
 
     @property
     def blocks(self) -> tuple[str, ...]:
@@ -378,7 +378,7 @@ class FeaturePipeline:
                 if block in blocks:
                     np.subtract(blocks[block], earlier, out=blocks[block], where=persistent)
         if self.spec.baseline and mean is not None:
-            # Other channels: levels relative to the mean of the `baseline` readings before the window.
+            # Other channels: levels relative to the median of the `baseline` readings before the window.
             slow = _slow_baseline(mean, pos, self.spec.rolling, self.spec.baseline, needed)
             for block in ("raw", "rolling_mean"):
                 if block in blocks:

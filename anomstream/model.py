@@ -109,6 +109,11 @@ class ModelConfig:
                 f"target_far={self.target_far} (in (0, 0.5))"
             )
 
+    @property
+    def score_reach(self) -> int:
+        """Previous readings a smoothed, held score reaches back beyond the reading's features."""
+        return self.smoothing - 1 + self.hold - 1
+
     def feature_spec(self, channels: tuple[str, ...]) -> FeatureSpec:
         """The feature spec these settings describe for ``channels``."""
         return FeatureSpec(
@@ -233,13 +238,13 @@ class AnomalyModel:
     @property
     def context(self) -> int:
         """Previous readings per device a score depends on (features plus score smoothing)."""
-        return self.pipeline.context + self.config.smoothing - 1 + self.config.hold - 1
+        return self.pipeline.context + self.config.score_reach
 
     @property
     def warm_up(self) -> int:
         """A device's first readings that are scored but never flagged: their features, smoothing or hold
         reach before the device's first reading."""
-        return self.pipeline.warm_up + self.config.smoothing - 1 + self.config.hold - 1
+        return self.pipeline.warm_up + self.config.score_reach
 
     @property
     def per_device(self) -> bool:
@@ -277,8 +282,7 @@ class AnomalyModel:
         # Warm-up rows (partial feature windows) neither fit nor calibrate; nor do rows whose smoothing or
         # hold window reaches back into warm-up rows.
         usable = position >= np.minimum(pipeline.warm_up, count // 4)
-        warm_up = pipeline.warm_up + config.smoothing - 1 + config.hold - 1
-        calibratable = position >= np.minimum(warm_up, count // 4)
+        calibratable = position >= np.minimum(pipeline.warm_up + config.score_reach, count // 4)
         is_validation = position >= count - np.floor(count * config.validation_fraction)
         fit_rows, validation_rows = usable & ~is_validation, calibratable & is_validation
         if fit_rows.sum() < MIN_FIT_ROWS or validation_rows.sum() < 1:
@@ -290,28 +294,30 @@ class AnomalyModel:
         folds = config.calibration_folds
         fold = np.minimum(folds - 1, (folds * position) // np.maximum(count, 1))
 
+        def fitted(rows: np.ndarray) -> Detector:
+            return make_detector(detector, **detector_params).fit(features[rows], seed=seed)
+
+        def processed_scores(model: Detector, rows: np.ndarray) -> np.ndarray:
+            return _postprocess(model.score(features[rows]), batch.device_id[rows], config)
+
         def held_out_scores(rows: np.ndarray) -> np.ndarray:
             """Post-processed scores of each fold's calibratable rows by a detector fitted without that fold."""
             pooled = []
             for k in range(folds):
                 mask = usable[rows] & (fold[rows] != k)
-                if mask.sum() < MIN_FIT_ROWS:
-                    continue
-                model = make_detector(detector, **detector_params).fit(features[rows[mask]], seed=seed)
-                processed = _postprocess(model.score(features[rows]), batch.device_id[rows], config)
-                pooled.append(processed[calibratable[rows] & (fold[rows] == k)])
+                if mask.sum() >= MIN_FIT_ROWS:
+                    scores = processed_scores(fitted(rows[mask]), rows)
+                    pooled.append(scores[calibratable[rows] & (fold[rows] == k)])
             return np.concatenate(pooled) if pooled else np.zeros(0)
 
         def fit_one(rows: np.ndarray) -> tuple[Detector, float]:
             """Detector and threshold for the rows with indices ``rows`` (ascending)."""
             if folds > 1:
-                held_out = held_out_scores(rows)
-                model = make_detector(detector, **detector_params).fit(features[rows[usable[rows]]], seed=seed)
+                held_out, model = held_out_scores(rows), fitted(rows[usable[rows]])
             else:
-                model = make_detector(detector, **detector_params).fit(features[rows[fit_rows[rows]]], seed=seed)
+                model = fitted(rows[fit_rows[rows]])
                 # Score the fit rows too: smoothing and hold of the first validation rows reach back into them.
-                processed = _postprocess(model.score(features[rows]), batch.device_id[rows], config)
-                held_out = processed[validation_rows[rows]]
+                held_out = processed_scores(model, rows)[validation_rows[rows]]
             calibration = calibrate(held_out, config.target_far)
             model.threshold_ = calibration.threshold
             calibrations.append(calibration)

@@ -28,6 +28,12 @@ def _env_help(text: str, name: str, default: object) -> str:
     return f"{text} [env: {name}, default: {default}]"
 
 
+def _add_data_argument(parser: Any, text: str, variable: str, shared_folder: str) -> None:
+    """``--data``, defaulting from ``variable``, else the folder under ``../shared/data``."""
+    default = os.environ.get(variable, f"../shared/data/{shared_folder}")
+    parser.add_argument("--data", default=default, help=_env_help(text, variable, default))
+
+
 def _add_model_arguments(parser: Any) -> None:
     """``--model`` and ``--seed``, shared by every benchmark."""
     model_default = os.environ.get("ANOMSTREAM_MODEL", "iforest")
@@ -52,12 +58,7 @@ def add_parser(subparsers: Any) -> None:
         help="SKAB protocol: per file, train on the first 400 readings, score the rest, sum the counts",
         description=__doc__,
     )
-    data_default = os.environ.get("ANOMSTREAM_SKAB_DATA", "../shared/data/skab/data")
-    skab.add_argument(
-        "--data",
-        default=data_default,
-        help=_env_help("SKAB data folder (searched recursively)", "ANOMSTREAM_SKAB_DATA", data_default),
-    )
+    _add_data_argument(skab, "SKAB data folder (searched recursively)", "ANOMSTREAM_SKAB_DATA", "skab/data")
     _add_model_arguments(skab)
     skab.add_argument(
         "--train-rows",
@@ -78,16 +79,8 @@ def _add_nab_parser(actions: Any) -> None:
         help="NAB protocol: per file, train on the probation rows (15 %%), score alarm starts with NAB's profiles",
         description=__doc__,
     )
-    data_default = os.environ.get("ANOMSTREAM_NAB_DATA", "../shared/data/nab/data")
-    nab.add_argument(
-        "--data",
-        default=data_default,
-        help=_env_help(
-            "NAB data folder or category folder (labels from <root>/labels/combined_windows.json)",
-            "ANOMSTREAM_NAB_DATA",
-            data_default,
-        ),
-    )
+    nab_help = "NAB data folder or category folder (labels from <root>/labels/combined_windows.json)"
+    _add_data_argument(nab, nab_help, "ANOMSTREAM_NAB_DATA", "nab/data")
     _add_model_arguments(nab)
     nab.add_argument(
         "--results-dir",
