@@ -37,9 +37,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from anomstream import evaluation
+from anomstream.alarms import incident_quality
 from anomstream.config import KafkaSettings, TopicSettings, env
 from anomstream.errors import AnomstreamError, ModelError
 from anomstream.features import device_positions
+from anomstream.incidents import incidents_of_flags
 from anomstream.model import DEFAULT_TARGET_FAR, AnomalyModel
 from anomstream.model_store import PROMOTE_MODES, ModelStore, PublishResult, announce
 from anomstream.telemetry import NO_LABEL, TelemetryBatch
@@ -60,6 +62,14 @@ class TrainSettings(BaseSettings):
     model: Literal["iforest", "dense-ae", "conv-ae", "pca"] = env("ANOMSTREAM_TRAIN_MODEL", "iforest", "detector")
     per_device: bool = env("ANOMSTREAM_TRAIN_PER_DEVICE", False, "one detector per device, global one as fallback")
     seed: int = env("ANOMSTREAM_TRAIN_SEED", 0, "random seed: the same data and seed give the same model")
+    jobs: int = env(
+        "ANOMSTREAM_TRAIN_JOBS", -1, "worker processes for the per-device fits (-1: one per core; same models)", ge=-1
+    )
+    cluster: str | None = env(
+        "ANOMSTREAM_TRAIN_CLUSTER",
+        None,
+        "Dask scheduler address (tcp://HOST:PORT): the per-device fits run on its workers (same models)",
+    )
     train_start: datetime | None = env(
         "ANOMSTREAM_TRAIN_START", None, "training window start, ISO 8601 event time (UTC when no zone is given)"
     )
@@ -83,6 +93,10 @@ class TrainSettings(BaseSettings):
         lt=0.5,
     )
     params: dict[str, Any] = env("ANOMSTREAM_TRAIN_PARAMS", {}, "model and detector parameter overrides, as JSON")
+    incident_quiet: float = env(
+        "ANOMSTREAM_INCIDENT_QUIET_S", 300.0, "incident quiet time (s) for the evaluation's incidents, as the scorer's",
+        gt=0,
+    )
     promote: Literal["auto", "always", "never"] = env(
         "ANOMSTREAM_PROMOTE", "auto", "auto: make current unless worse than the current version; always; never"
     )
@@ -111,7 +125,7 @@ class TrainSettings(BaseSettings):
 
 
 @dataclass(frozen=True)
-class Windows:
+class TrainingWindows:
     """The rows of a read that train and that evaluate, and how the windows were chosen."""
 
     read: TopicRead
@@ -144,7 +158,7 @@ class TrainOutcome:
     """What a training run did."""
 
     publication: PublishResult
-    windows: Windows
+    windows: TrainingWindows
     metrics: dict[str, Any]
     read_s: float
     fit_s: float
@@ -153,7 +167,7 @@ class TrainOutcome:
 
 def read_windows(
     settings: TrainSettings, kafka: KafkaSettings, topic: str, *, on_progress: Callable[[int, int], None] | None = None
-) -> Windows:
+) -> TrainingWindows:
     """Read the topic once and mark the training and evaluation rows (see the module docstring).
 
     Raises:
@@ -192,20 +206,20 @@ def read_windows(
             + (f", event times {seen}" if seen else "")
             + "): produce data first or change the window"
         )
-    return Windows(read, train, evaluate, bounds, eval_bounds)
+    return TrainingWindows(read, train, evaluate, bounds, eval_bounds)
 
 
-def fit_model(windows: Windows, settings: TrainSettings) -> AnomalyModel:
+def fit_model(windows: TrainingWindows, settings: TrainSettings) -> AnomalyModel:
     """``AnomalyModel.fit`` on the training rows, with the settings' detector, seed and parameters."""
     train = windows.read.batch.take(windows.train)
     params = {"target_far": settings.target_far, **settings.params}  # a target in --params wins
     return AnomalyModel.fit(
-        train, detector=settings.model, per_device=settings.per_device, seed=settings.seed, params=params
+        train, settings.model, settings.per_device, settings.seed, params, settings.jobs or 1, settings.cluster
     )
 
 
 def score_evaluation(
-    model: AnomalyModel, windows: Windows
+    model: AnomalyModel, windows: TrainingWindows
 ) -> tuple[TelemetryBatch, np.ndarray, np.ndarray, np.ndarray]:
     """The evaluation rows, their scores, thresholds and flags (scored after their training rows, for history;
     a reading of a device still warming up is not flagged, as in the scorer)."""
@@ -241,6 +255,9 @@ def train(
         with display.step(f"evaluating on {int(windows.evaluate.sum()):,} records"):
             eval_batch, score, threshold, flagged = score_evaluation(model, windows)
             metrics = evaluation_metrics(eval_batch, score, flagged)
+            incidents = incidents_of_flags(eval_batch.device_id, eval_batch.event_time_ms, eval_batch.seq, flagged,
+                                           score, threshold, int(settings.incident_quiet * 1000))  # fmt: skip
+            metrics["incidents"] = _incident_metrics(eval_batch, incidents)
             metrics["calibration"] = {**model.calibration, "achieved_far": _normal_flag_rate(eval_batch, flagged)}
             incumbent = _incumbent_metrics(store, settings, windows) if metrics.get("f1") is not None else None
         manifest_extra = {
@@ -249,7 +266,7 @@ def train(
             "evaluation": {
                 "window": windows.describe(windows.evaluate, windows.eval_bounds),
                 "metrics": metrics,
-                "report": ["report.json", "report.png"],
+                "report": ["report.json", "report.png", "incidents.png"],
             },
             "trainer": {"params": settings.params, "read_s": round(read_s, 3)},
         }
@@ -259,7 +276,8 @@ def train(
                 model,
                 manifest_extra,
                 settings.promote,
-                attachments=lambda folder: _write_report(folder, eval_batch, score, threshold, metrics, settings),
+                attachments=lambda folder: _write_report(folder, eval_batch, score, threshold, metrics, settings)
+                + _write_incidents(folder, eval_batch, incidents, settings),
                 probe=windows.read.batch.take(slice(0, PROBE_ROWS)),
                 incumbent_metrics=incumbent,
             )
@@ -307,7 +325,25 @@ def _write_report(
     )
 
 
-def _incumbent_metrics(store: ModelStore, settings: TrainSettings, windows: Windows) -> dict[str, Any] | None:
+def _incident_metrics(batch: TelemetryBatch, incidents: list[dict[str, Any]]) -> dict[str, Any]:
+    """Incidents of the evaluation window; with labels, their precision and recall against the faults."""
+    spans = [(e["device_id"], e["start_time"], e["end_time"]) for e in incidents]
+    if not (batch.label != NO_LABEL).any():
+        return {"incidents": len(spans), "closed": sum(e["state"] == "closed" for e in incidents)}
+    return incident_quality(batch.device_id, batch.event_time_ms, batch.label, spans)
+
+
+def _write_incidents(
+    folder: Path, batch: TelemetryBatch, incidents: list[dict[str, Any]], settings: TrainSettings
+) -> list[str]:
+    spans = [(e["device_id"], e["start_time"], e["end_time"]) for e in incidents]
+    title = f"{settings.model_name}: incidents on the evaluation window (quiet {settings.incident_quiet:g} s)"
+    evaluation.plot_incidents(folder / evaluation.INCIDENTS_PNG, batch.device_id, batch.event_time_ms,
+                              batch.label, spans, title)  # fmt: skip
+    return [evaluation.INCIDENTS_PNG]
+
+
+def _incumbent_metrics(store: ModelStore, settings: TrainSettings, windows: TrainingWindows) -> dict[str, Any] | None:
     """The current version's metrics on this run's evaluation window, for the promotion gate (None: unknown)."""
     if settings.promote != "auto" or store.current_version(settings.model_name) is None:
         return None
@@ -407,7 +443,7 @@ __all__ = [
     "PROMOTE_MODES",
     "TrainOutcome",
     "TrainSettings",
-    "Windows",
+    "TrainingWindows",
     "evaluation_metrics",
     "fit_model",
     "read_windows",

@@ -51,9 +51,13 @@ def test_training_from_a_topic_window_publishes_a_complete_version(
     assert (outcome.publication.version, outcome.publication.current) == (1, True)
     folder = store.path("fleet", 1)
     manifest = store.load("fleet").manifest
-    assert {"model.json", "global/iforest.npz", "report.json", "report.png"} <= set(manifest["files"])
-    assert sum(f.startswith("devices/") for f in manifest["files"]) == 2 * DEVICES  # arrays + params each
+    assert {"model.json", "global/iforest.npz", "report.json", "report.png", "incidents.png"} <= set(manifest["files"])
+    on_global = manifest["evaluation"]["metrics"]["calibration"]["devices_on_global"]
+    assert on_global["too_few_rows"] == 0  # 1,000 readings each; a device model no better than the global one goes
+    own = DEVICES - on_global["worse_than_global"]
+    assert own >= 1 and sum(f.startswith("devices/") for f in manifest["files"]) == 2 * own  # arrays + params each
     assert (folder / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (folder / "incidents.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the incident timeline
     report = json.loads((folder / "report.json").read_text())
     training, evaluation = manifest["training"]["window"], manifest["evaluation"]["window"]
     assert (training["records"], evaluation["records"]) == (DEVICES * 1000, DEVICES * 500)
@@ -61,9 +65,12 @@ def test_training_from_a_topic_window_publishes_a_complete_version(
     metrics = manifest["evaluation"]["metrics"]
     assert metrics["tp"] + metrics["fp"] + metrics["fn"] + metrics["tn"] == DEVICES * 500
     assert report["f1"] == metrics["f1"] and 0.0 <= metrics["f1"] <= 1.0 and metrics["roc_auc"] is not None
+    incidents = metrics["incidents"]  # the flags as incidents, against the labelled faults
+    assert incidents["true_incidents"] <= incidents["incidents"] and incidents["faults"] > 0
+    assert 0.0 <= incidents["incident_precision"] <= 1.0 and 0.0 <= incidents["incident_recall"] <= 1.0
     # the rate asked for and the rate achieved on the evaluation window's normal readings, side by side
     calibration = metrics["calibration"]
-    assert calibration["target_far"] == settings.target_far == 0.001 and calibration["detectors"] == DEVICES + 1
+    assert calibration["target_far"] == settings.target_far == 0.001 and calibration["detectors"] == own + 1
     assert calibration["achieved_far"] == pytest.approx(metrics["fp"] / (metrics["fp"] + metrics["tn"]))
     assert sum(r[1] - r[0] for r in manifest["source"]["read_ranges"].values()) == RECORDS
     assert (
@@ -115,15 +122,21 @@ def test_per_device_training_matches_fitting_each_skab_file_alone(stack: Any, to
     for path in SKAB_FILES:
         source = ProducerSettings(source=f"skab:{path}", topic=topics.telemetry_topic)
         assert run_producer(source, stack.kafka_settings, show_progress=False).ok
-    settings = TrainSettings(model="iforest", per_device=True, train_records=400)
+    settings = TrainSettings(model="iforest", per_device=True, train_records=400, params={"pooled_tail": False})
     model = fit_model(read_windows(settings, stack.kafka_settings, topics.telemetry_topic), settings)
 
+    # A device keeps its own detector unless it flags more of its held-back readings than the global one.
+    kept = 0
     for path in SKAB_FILES:
         rows = read_skab_file(path)
         alone = AnomalyModel.fit(rows.take(slice(0, 400)), "iforest", seed=0)
         device = str(rows.device_id[0])
+        if device not in model.device_detectors:
+            continue
+        kept += 1
         assert model.device_thresholds[device] == alone.global_threshold
         assert np.array_equal(model.score(rows, explain="none").score, alone.score(rows, explain="none").score)
+    assert kept >= 1 and kept + model.calibration["devices_on_global"]["worse_than_global"] == len(SKAB_FILES)
 
 
 def test_undecodable_records_are_skipped_and_counted(stack: Any, fleet_topics: TopicSettings) -> None:

@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     settings, kafka, topics, store_settings = parse_settings(
         args, "train", TrainSettings, KafkaSettings, TopicSettings, ModelStoreSettings
     )
-    outcome = train(settings, kafka, topics, ModelStore(store_settings.model_dir))
+    outcome = train(settings, kafka, topics, ModelStore(store_settings.model_dir, store_settings.store_key()))
     print(summary(outcome), flush=True)
     return 0
 
@@ -69,6 +69,20 @@ def summary(outcome: TrainOutcome) -> str:
             f"; false alarms on normal readings {calibration['achieved_far']:.2%}"
             f" (target {calibration['target_far']:.2%})"
         )
+    on_global = calibration.get("devices_on_global", {})
+    if sum(on_global.values()):
+        figures += (
+            f"; {sum(on_global.values()):,} devices scored by the global detector ({on_global['too_few_rows']:,} "
+            f"with too few training readings, {on_global['worse_than_global']:,} whose own did worse held back)"
+        )
+    incidents = metrics.get("incidents", {})
+    if incidents.get("incident_precision") is not None:
+        figures += (
+            f"; {incidents['incidents']:,} incidents, precision {incidents['incident_precision']:.2f}, recall "
+            f"{incidents['incident_recall']:.2f} ({incidents['faults_found']:,} of {incidents['faults']:,} faults)"
+        )
+    elif incidents:
+        figures += f"; {incidents['incidents']:,} incidents"
     state = "current" if publication.current else f"stored, not current (current: {publication.current_version})"
     return "\n".join(
         [

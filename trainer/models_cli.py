@@ -62,7 +62,8 @@ def add_parser(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the chosen action; returns the exit status."""
-    store = ModelStore(settings_from_args(ModelStoreSettings, args).model_dir)
+    store_settings = settings_from_args(ModelStoreSettings, args)
+    store = ModelStore(store_settings.model_dir, store_settings.store_key())
     # piped output is not cut to 80 columns: the table stays readable in logs and CI
     console = Console(width=None if sys.stdout.isatty() else 160)
     if args.models_action == "list":
