@@ -55,3 +55,51 @@ def alarm_quality(device_id: np.ndarray, label: np.ndarray, flagged: np.ndarray)
         "alarm_precision": true_alarms / alarms if alarms else 0.0,
         "alarm_recall": found / faults if faults else 0.0,
     }
+
+
+def incident_quality(
+    device_id: np.ndarray, event_time_ms: np.ndarray, label: np.ndarray, incidents: list[tuple[str, int, int]]
+) -> dict[str, Any]:
+    """Incident-level quality against labelled faults (JSON-ready).
+
+    An incident (``(device, start_ms, end_ms)``, from :mod:`anomstream.incidents`) is *true* when its time
+    span overlaps a fault of its device; a fault is *found* when an incident overlaps it, and its *delay* is
+    the time from the fault's first reading to the start of the first incident overlapping it (0 for one
+    that was already open).
+
+    Args:
+        device_id: ``(n,)`` device of each reading.
+        event_time_ms: ``(n,)`` event time of each reading.
+        label: ``(n,)`` 1 for anomalous readings (anything else is normal).
+        incidents: each incident's device, start and end event time.
+    """
+    fault, faults = _runs(device_id, np.asarray(label) == 1)
+    rows = np.flatnonzero(fault >= 0)
+    times = np.asarray(event_time_ms)[rows]
+    spans: dict[int, list[Any]] = {}
+    for run, device, t in zip(fault[rows], np.asarray(device_id)[rows], times, strict=True):
+        span = spans.setdefault(int(run), [str(device), int(t), int(t)])
+        span[1], span[2] = min(span[1], int(t)), max(span[2], int(t))
+    by_device: dict[str, list[tuple[int, int]]] = {}
+    for device, start, end in spans.values():
+        by_device.setdefault(device, []).append((start, end))
+    true_incidents, delays = 0, dict[tuple[str, int], float]()
+    for device, start, end in incidents:
+        overlapping = [(a, b) for a, b in by_device.get(device, []) if start <= b and end >= a]
+        true_incidents += bool(overlapping)
+        for a, _ in overlapping:
+            delay = max(0, start - a) / 1000
+            delays[(device, a)] = min(delays.get((device, a), delay), delay)
+    found = len(delays)
+    waits = np.array(sorted(delays.values()))
+    return {
+        "incidents": len(incidents),
+        "true_incidents": true_incidents,
+        "faults": faults,
+        "faults_found": found,
+        "incident_precision": true_incidents / len(incidents) if incidents else 0.0,
+        "incident_recall": found / faults if faults else 0.0,
+        "incidents_per_found_fault": true_incidents / found if found else 0.0,
+        "delay_median_s": float(np.median(waits)) if found else None,
+        "delay_p95_s": float(np.percentile(waits, 95)) if found else None,
+    }
