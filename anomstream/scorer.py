@@ -33,18 +33,21 @@ from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from anomstream.config import KafkaSettings, TopicSettings
 from anomstream.errors import KafkaClientError
+from anomstream.incidents import IncidentTracker, Step
 from anomstream.kafka_config import consumer_config, producer_config, registry_client, wrap_kafka_error
 from anomstream.model_store import LoadedModel, ModelStore
 from anomstream.scoring.anomalies import ScoredBatch, score_batch
 from anomstream.scoring.commit import AtLeastOnceCommit, BatchCommit, Output, TransactionalCommit
 from anomstream.scoring.decode import ColumnarTelemetryDecoder, reject_foreign_keys
-from anomstream.scoring.dlq import SourceRecord, dead_letter
+from anomstream.scoring.dlq import DEFAULT_MAX_BYTES, SourceRecord, dead_letter
+from anomstream.scoring.incident_log import IncidentLog
 from anomstream.scoring.metrics import Health, OpsServer, ScorerMetrics
 from anomstream.scoring.rebuild import HistoryRebuilder
-from anomstream.scoring.reload import ModelSource, resolve_device
+from anomstream.scoring.reload import ModelSource, serving_device
 from anomstream.scoring.settings import ScorerSettings
 from anomstream.scoring.state import DeviceHistory
-from anomstream.serde import AnomalyEncoder, DecodeResult
+from anomstream.serde import AnomalyEncoder, DecodeResult, IncidentEncoder
+from anomstream.suppression import SuppressionFile
 
 logger = logging.getLogger(__name__)
 
@@ -123,19 +126,28 @@ class Scorer:
         self.stop = stop or threading.Event()
         self.metrics, self.health = ScorerMetrics(), Health()
         self.report = ScorerReport()
-        self.device = resolve_device(settings.device)
+        self.device = serving_device(settings.device)
         self.registry = registry_client(kafka)
         self.models = ModelSource(store, settings.model, self.device, kafka, topics.models_topic, self.metrics)
         self._model: LoadedModel | None = None
         self._decoder: ColumnarTelemetryDecoder | None = None
         self._history = DeviceHistory(0, ())
         self._assigned: set[int] = set()
+        self._assignments: dict[int, int] = {}  # assigned partition -> which assignment gave it
+        self._assignment_count = 0
         self._to_rebuild: set[int] = set()
         self._consumer: Consumer | None = None
         self._commit: BatchCommit | None = None
         self._encoder: AnomalyEncoder | None = None
         self._rebuilder: HistoryRebuilder | None = None
+        self._incident_encoder: IncidentEncoder | None = None
+        self._incident_log: IncidentLog | None = None
+        self._incidents = IncidentTracker((), int(settings.incident_quiet * 1000), topics.telemetry_topic)
+        self._suppression = SuppressionFile(settings.suppression_file)
         self._lag_at = 0.0
+        # a dead letter must fit what the producer may send (see anomstream.scoring.dlq)
+        limit = producer_config(kafka, settings.client_id).get("message.max.bytes", DEFAULT_MAX_BYTES)
+        self._letter_max_bytes = int(limit)
         self.server = OpsServer(self.metrics, self.health, settings.metrics_host, settings.metrics_port)
 
     def run(self) -> ScorerReport:
@@ -166,6 +178,9 @@ class Scorer:
         self._encoder = self._until_done(lambda: AnomalyEncoder(self.registry, self.topics.anomaly_topic))
         self._commit = self._until_done(self._make_commit)
         self._rebuilder = HistoryRebuilder(self.kafka, self.topics.telemetry_topic, self.settings.client_id)
+        self._incident_encoder = self._until_done(lambda: IncidentEncoder(self.registry, self.topics.incident_topic))
+        self._incident_log = self._until_done(lambda: IncidentLog(
+            self.kafka, self.topics.incident_topic, self.settings.client_id, self.topics.telemetry_partitions))
         config = consumer_config(self.kafka, self.settings.group_id, self.settings.client_id, **CONSUMER_OVERRIDES)
         self._consumer = Consumer(config)
         self._consumer.subscribe(
@@ -190,7 +205,7 @@ class Scorer:
                 self._consumer.close()
             except (KafkaException, RuntimeError) as exc:
                 logger.warning("closing the consumer: %s", exc)
-        for closer in (self._commit, self._rebuilder):
+        for closer in (self._commit, self._rebuilder, self._incident_log):
             if closer is not None:
                 closer.close()
         self.models.close()
@@ -237,7 +252,9 @@ class Scorer:
                     raise
                 self.metrics.transient_errors.labels(exc.code or "unknown").inc()
                 logger.warning("transient fault, retrying in %.1f s: %s", backoff, exc)
-                held = [m for m in held + self._pause_and_wait(backoff) if m.partition() in self._assigned]
+                assignments = dict(self._assignments)
+                arrived = self._pause_and_wait(backoff)
+                held = still_held(held, arrived, assignments, self._assignments)
                 backoff = min(backoff * 2, MAX_BACKOFF_S)
 
     def _pause_and_wait(self, seconds: float) -> list[Message]:
@@ -271,10 +288,17 @@ class Scorer:
             self._model.model, self._model.name, self._model.version, self._history, batch,
             self.topics.telemetry_topic, rows_partition, rows_offset, int(time.time() * 1000),
         )  # fmt: skip
-        outputs = self._anomaly_outputs(scored.anomalies) + self._dead_letter_outputs(good, decoded)
+        self._incidents.suppression = self._suppression.refresh()
+        incidents = self._incidents.step(scored.anomalies, batch.device_id, batch.event_time_ms)
+        outputs = self._anomaly_outputs(scored.anomalies) + self._incident_outputs(incidents)
+        outputs += self._dead_letter_outputs(good, decoded)
         if not self._commit_batch(outputs, partition, offset, good):
             return
         self._history.advance(batch, rows_partition, scored.raw)
+        self._incidents.apply(incidents)
+        self.metrics.incidents.labels("opened").inc(incidents.opened)
+        self.metrics.incidents.labels("closed").inc(incidents.closed)
+        self.metrics.incidents.labels("muted").inc(incidents.muted)
         self._count(len(good), scored, decoded, time.perf_counter() - started)
 
     def _commit_batch(self, outputs: list[Output], partition: np.ndarray, offset: np.ndarray,
@@ -305,6 +329,17 @@ class Scorer:
         topic = self.topics.anomaly_topic
         return [(topic, {"key": str(d).encode(), "value": v}) for d, v in zip(anomalies.device_id, values, strict=True)]
 
+    def _incident_outputs(self, step: Step) -> list[Output]:
+        if not step.events:
+            return []
+        assert self._incident_encoder is not None and self._incident_log is not None
+        values = self._incident_encoder.encode(step.events)
+        topic, log = self.topics.incident_topic, self._incident_log
+        return [
+            (topic, {"key": e["device_id"].encode(), "value": v, "partition": log.partition_for(e["source_partition"])})
+            for e, v in zip(step.events, values, strict=True)
+        ]
+
     def _dead_letter_outputs(self, good: list[Message], decoded: DecodeResult) -> list[Output]:
         outputs = []
         for bad in decoded.bad:
@@ -319,7 +354,7 @@ class Scorer:
                 message.value(),
                 [(name, _as_bytes(value)) for name, value in pairs],
             )
-            letter = dead_letter(record, bad, self.settings.group_id, self.settings.client_id)
+            letter = dead_letter(record, bad, self.settings.group_id, self.settings.client_id, self._letter_max_bytes)
             outputs.append((self.topics.dlq_topic, letter))
             logger.warning("dead letter %s[%d]@%d: %s: %s", record.topic, record.partition, record.offset,
                            bad.reason, bad.message, extra={"reason": bad.reason})  # fmt: skip
@@ -350,8 +385,13 @@ class Scorer:
         model = loaded.model
         if self._decoder is None or self._decoder.channels != model.channels:
             self._decoder = ColumnarTelemetryDecoder(self.registry, model.channels)
-        if (self._history.context, self._history.rows.channels) != (model.context, model.channels):
-            self._history = DeviceHistory(model.context, model.channels)
+        if self._incidents.channels != model.channels:
+            self._incidents = IncidentTracker(model.channels, self._incidents.quiet_ms, self._incidents.topic)
+            self._to_rebuild |= self._assigned  # its open incidents are read back with the history
+        if not self._history.fits(model):
+            self._history = DeviceHistory.for_model(model)
+        else:  # the same readings serve; the previous model's detector scores do not
+            self._history.forget_scores()
             if self._rebuilder is not None:
                 self._rebuilder.forget(set(self._assigned))
             self._to_rebuild |= self._assigned
@@ -372,8 +412,14 @@ class Scorer:
             committed = {tp.partition: tp.offset for tp in self._consumer.committed(wanted, timeout=30.0)}
         except KafkaException as exc:
             raise KafkaClientError(f"committed offsets of {partitions}: {exc}", "COMMITTED", retriable=True) from exc
+        # Both read-backs may fail (retriable) and are then asked again: nothing is changed until both are read.
+        events = self._incident_log.last_events(set(partitions)) if self._incident_log is not None else None
         before = self._rebuilder.records_read
         self._rebuilder.assigned(self._history, committed, self._decoder)
+        if events is not None:
+            self._incidents.forget(set(partitions))
+            reopened = self._incidents.restore(events)
+            logger.info("incidents of partitions %s read back: %d open", partitions, reopened)
         self.metrics.rebuild_records.inc(self._rebuilder.records_read - before)
         self._to_rebuild -= set(partitions)
         read = self._rebuilder.records_read - before
@@ -383,6 +429,9 @@ class Scorer:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         added = {tp.partition for tp in partitions}
         self._assigned |= added
+        self._assignment_count += 1
+        for p in added:
+            self._assignments[p] = self._assignment_count
         self._to_rebuild |= added
         self._set_assignment_gauges()
         logger.info("assigned partitions %s (now %s)", sorted(added), sorted(self._assigned))
@@ -391,8 +440,11 @@ class Scorer:
         # No transaction is open here: batches are committed before consume(), where callbacks run.
         gone = {tp.partition for tp in partitions}
         self._assigned -= gone
+        for p in gone:
+            self._assignments.pop(p, None)
         self._to_rebuild -= gone
         dropped = self._history.forget(gone)
+        self._incidents.forget(gone)
         if self._rebuilder is not None:
             self._rebuilder.forget(gone)
         for p in gone:
@@ -439,6 +491,19 @@ class Scorer:
 
 def _as_bytes(value: str | bytes | None) -> bytes | None:
     return value.encode() if isinstance(value, str) else value
+
+
+def still_held(
+    held: list[Message], arrived: list[Message], before: dict[int, int], after: dict[int, int]
+) -> list[Message]:
+    """The records to retry after a pause: the held ones of partitions assigned throughout (by the same
+    assignment), then what arrived. A partition revoked and assigned again during the pause is fetched again
+    from its committed offset, so its held records would be scored twice: they are dropped."""
+    def same_assignment(message: Message) -> bool:
+        partition = message.partition() or 0
+        return partition in after and after[partition] == before.get(partition)
+
+    return [m for m in held if same_assignment(m)] + [m for m in arrived if (m.partition() or 0) in after]
 
 
 def _without_errors(messages: list[Message]) -> list[Message]:

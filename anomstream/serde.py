@@ -53,7 +53,7 @@ _UNKNOWN_ID_RETRY_S = 60.0  # how long an id the registry does not know is remem
 
 
 def load_schema(name: str) -> str:
-    """The text of ``schemas/<name>.avsc`` (``telemetry`` or ``anomaly``)."""
+    """The text of ``schemas/<name>.avsc`` (``telemetry``, ``anomaly`` or ``incident``)."""
     return (SCHEMA_DIR / f"{name}.avsc").read_text()
 
 
@@ -65,14 +65,8 @@ def register_schema(registry: SchemaRegistryClient, subject: str, schema_str: st
     """
     try:
         return int(registry.register_schema(subject, Schema(schema_str, "AVRO")))
-    except SchemaRegistryError as error:
-        raise _registry_error(f"registering the schema under subject {subject!r}", error) from error
-    except Exception as error:  # network-level failure (httpx transport errors, timeouts)
-        raise KafkaClientError(
-            f"schema registry unreachable while registering subject {subject!r}: {error}",
-            code="REGISTRY_UNAVAILABLE",
-            retriable=True,
-        ) from error
+    except Exception as error:  # the registry's refusal, or a network-level failure (httpx errors, timeouts)
+        raise registry_failure(f"registering the schema under subject {subject!r}", error) from error
 
 
 def wire_header(schema_id: int) -> bytes:
@@ -135,8 +129,17 @@ def encode_anomalies(anomalies: AnomalyColumns, schema_id: int) -> list[bytes]:
         avro_batch.strings(
             np.full(n, SCORED_BY_GLOBAL, dtype=object) if anomalies.scored_by is None else anomalies.scored_by
         ),
+        *_channel_map(anomalies.channels, anomalies.observed, n),
+        *_channel_map(anomalies.channels, anomalies.expected, n),
     ]
     return avro_batch.join_rows(pieces, n)
+
+
+def _channel_map(channels: tuple[str, ...], values: np.ndarray | None, n: int) -> list[avro_batch.Piece]:
+    """A per-channel ``map<double>`` (NaN entries left out), or an empty map for every row."""
+    if values is None:
+        return [avro_batch.constant(b"\x00")]
+    return avro_batch.double_map(channels, np.asarray(values, dtype=np.float64))
 
 
 class TelemetryEncoder:
@@ -171,6 +174,32 @@ class AnomalyEncoder:
     def encode(self, anomalies: AnomalyColumns) -> list[bytes]:
         """Message values for every row of ``anomalies`` (see :func:`encode_anomalies`)."""
         return encode_anomalies(anomalies, self.schema_id)
+
+
+class IncidentEncoder:
+    """Encodes incident events (:mod:`anomstream.incidents`) for one topic, the incident schema registered once
+    under ``<topic>-value``. Incidents are few: each is written by fastavro on its own.
+
+    Args:
+        registry: confluent-kafka's registry client.
+        topic: the incident topic.
+    """
+
+    def __init__(self, registry: SchemaRegistryClient, topic: str) -> None:
+        self.subject = f"{topic}-value"
+        text = load_schema("incident")
+        self.schema_id = register_schema(registry, self.subject, text)
+        self._schema = fastavro.parse_schema(json.loads(text))
+
+    def encode(self, records: list[dict[str, Any]]) -> list[bytes]:
+        """Confluent-framed message values, one per record."""
+        values = []
+        for record in records:
+            body = io.BytesIO()
+            body.write(wire_header(self.schema_id))
+            fastavro.schemaless_writer(body, self._schema, record)
+            values.append(body.getvalue())
+        return values
 
 
 @dataclass(frozen=True)
@@ -247,13 +276,9 @@ class SchemaResolver:
                 why = f"schema id {schema_id} is not in the registry: {error.error_message}"
                 self._unknown[schema_id] = (time.monotonic(), why)
                 return why
-            raise _registry_error(f"looking up schema id {schema_id}", error) from error
+            raise registry_failure(f"looking up schema id {schema_id}", error) from error
         except Exception as error:  # network-level failure after the client's own retries
-            raise KafkaClientError(
-                f"schema registry unreachable while looking up schema id {schema_id}: {error}",
-                code="REGISTRY_UNAVAILABLE",
-                retriable=True,
-            ) from error
+            raise registry_failure(f"looking up schema id {schema_id}", error) from error
         if (schema.schema_type or "AVRO") != "AVRO" or not schema.schema_str:
             why = f"schema id {schema_id} is a {schema.schema_type} schema, not Avro"
             self._unknown[schema_id] = (time.monotonic(), why)
@@ -526,7 +551,13 @@ def _canonical(schema_json: Any) -> str:
     return str(fastavro.schema.to_parsing_canonical_form(schema_json))
 
 
-def _registry_error(doing: str, error: SchemaRegistryError) -> KafkaClientError:
+def registry_failure(doing: str, error: Exception) -> KafkaClientError:
+    """A failed registry call as our error: an HTTP error is retriable when the server failed (5xx) or asked
+    to slow down (408, 429); any other exception is the network's (httpx transport errors, timeouts after the
+    client's own retries), and retriable."""
+    if not isinstance(error, SchemaRegistryError):
+        why = f"schema registry unreachable while {doing}: {error}"
+        return KafkaClientError(why, "REGISTRY_UNAVAILABLE", retriable=True)
     transient = error.http_status_code >= 500 or error.http_status_code in (408, 429)
     return KafkaClientError(
         f"schema registry failed {doing}: {error}",

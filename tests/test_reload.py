@@ -4,6 +4,7 @@ version that was current before it (ModelSource.wait_for_first; the store alone,
 from __future__ import annotations
 
 import json
+import tempfile
 import threading
 from pathlib import Path
 
@@ -76,3 +77,30 @@ def test_an_unreadable_current_pointer_does_not_stop_the_scorer(tmp_path: Path, 
     assert first(source(store, ScorerMetrics())) is None
     (store.root / "fleet" / CURRENT).write_text(json.dumps({"version": 1, "previous": []}))
     assert first(source(store, ScorerMetrics())) == 1
+
+
+def test_an_announcement_only_prompts_a_look_at_current(tmp_path: Path, model: AnomalyModel) -> None:
+    # Anyone who can write the models topic could announce a version the promotion gate refused.
+    store = ModelStore(tmp_path)
+    store.publish("fleet", model, promote="always")
+    refused = store.publish("fleet", model, promote="never")
+    assert (refused.version, store.current_version("fleet")) == (2, 1)
+    model_source = source(store, ScorerMetrics())
+    assert first(model_source) == 1
+    assert model_source.on_announcement("fleet", 2) is None  # announced, not current: not loaded
+    store.promote("fleet", 2)
+    loaded = model_source.on_announcement("fleet", 2)
+    assert loaded is not None and loaded.version == 2  # now CURRENT names it
+
+
+def test_a_version_that_fails_to_copy_for_lack_of_a_temporary_folder_is_tried_again(
+    tmp_path: Path, model: AnomalyModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = ModelStore(tmp_path / "store")
+    store.publish("fleet", model, promote="always")
+    gone = tmp_path / "tmp-not-there-yet"  # a real OSError from the file system, as a full disk gives
+    monkeypatch.setattr(tempfile, "tempdir", str(gone))
+    model_source = source(store, ScorerMetrics())
+    assert first(model_source) is None  # nothing served yet, and nothing refused for good
+    gone.mkdir()
+    assert first(model_source) == 1

@@ -9,6 +9,7 @@ reading shows up as a difference of sets.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -18,6 +19,7 @@ import sys
 import time
 import urllib.request
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,17 +27,20 @@ from typing import Any
 
 import numpy as np
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from anomstream.config import KafkaSettings, TopicSettings
+from anomstream.incidents import DEFAULT_QUIET_S, IncidentTracker, offline_incidents
 from anomstream.model import AnomalyModel
 from anomstream.model_store import CURRENT, ModelStore, announce
 from anomstream.producer import PRODUCER_OVERRIDES, ProducerSettings, run_producer
+from anomstream.scoring.anomalies import score_batch
+from anomstream.scoring.state import DeviceHistory
 from anomstream.serde import TelemetryEncoder, wire_header
 from anomstream.skab_eval import evaluate_file
 from anomstream.sources import read_skab_file
 from anomstream.synthetic import FleetSpec, generate_fleet
-from anomstream.tail import AnomalyReader
+from anomstream.tail import AnomalyReader, incident_row
 from anomstream.telemetry import TelemetryBatch
 from anomstream.trainer import TrainSettings, train
 from tests.conftest import SHARED_DATA
@@ -144,6 +149,20 @@ def offline_flags(model: AnomalyModel, batches: list[TelemetryBatch]) -> set[Key
     return flagged
 
 
+def offline_incidents_of(model: AnomalyModel, batches: list[TelemetryBatch], topic: str) -> dict[str, dict[str, Any]]:
+    """The last event of every incident an offline pass over each device's whole stream gives, as
+    ``anomstream tail --incidents --json`` rows."""
+    found: dict[str, dict[str, Any]] = {}
+    for batch in batches:
+        partition, offset = np.zeros(len(batch), dtype=np.int32), np.arange(len(batch))
+        scored = score_batch(model, "m", 1, DeviceHistory.for_model(model), batch, topic, partition, offset, 0)
+        tracker = IncidentTracker(model.channels, int(DEFAULT_QUIET_S * 1000), topic)
+        for incident_id, event in offline_incidents(tracker, scored.anomalies, batch.device_id,
+                                                    batch.event_time_ms).items():  # fmt: skip
+            found[incident_id] = incident_row(event)
+    return found
+
+
 def per_device(batch: TelemetryBatch) -> list[TelemetryBatch]:
     return [batch.take(batch.device_id == device) for device in np.unique(batch.device_id)]
 
@@ -183,7 +202,9 @@ def test_streamed_skab_anomalies_equal_offline_flags(
     # Train from another topic holding the same files, so that scoring starts on an empty telemetry topic
     # with every scorer already in the group, and the stream arrives while they run.
     produce(kafka, topic, f"skab:{data}")
-    params = TINY_CONV_AE if detector == "conv-ae" else {}
+    # a generous false-alarm rate: what is compared is the flags, and there must be many of them; each
+    # device's threshold from its own scores, so that its flags can be compared with `eval skab`'s below
+    params = (TINY_CONV_AE if detector == "conv-ae" else {}) | {"target_far": 0.02, "pooled_tail": False}
     training = TrainSettings.model_validate(
         {"name": "skab", "model": detector, "per_device": True, "train_records": 400, "params": params}
     )
@@ -209,12 +230,22 @@ def test_streamed_skab_anomalies_equal_offline_flags(
     assert set(streamed) == expected
     assert len(expected) > 100
     assert {(r["model"], r["model_version"]) for r in rows} == {("skab", loaded.version)}
+    # the incidents of the offline pass, each opened once, across the rebalance
+    events = [row for chunk in AnomalyReader(kafka, topics.incident_topic, to_row=incident_row).rows(
+        idle_timeout_s=5.0) for row in chunk]  # fmt: skip
+    assert max(Counter(e["incident_id"] for e in events if e["state"] == "open").values()) == 1
+    last = {e["incident_id"]: (e["start_time"], e["end_time"], e["readings"]) for e in events}
+    offline = offline_incidents_of(loaded.model, files, topics.telemetry_topic)
+    assert last == {i: (e["start_time"], e["end_time"], e["readings"]) for i, e in offline.items()}
     for row in rows[:50]:
         assert abs(sum(row["contributions"].values()) - 1.0) < 1e-9 and row["score"] > row["threshold"]
     if detector == "iforest" and scorer_count == 1:  # and the same as `anomstream eval skab` on the test rows
-        for name, batch in zip(SKAB_FILES, files, strict=True):
+        kept = loaded.model.device_detectors
+        own = [(n, b) for n, b in zip(SKAB_FILES, files, strict=True) if str(b.device_id[0]) in kept]
+        assert own  # a device no better on its own than the global detector is scored by the global one
+        for name, batch in own:
             device = str(batch.device_id[0])
-            evaluated = evaluate_file(data / name, "iforest", train_rows=400)
+            evaluated = evaluate_file(data / name, "iforest", train_rows=400, params=params)
             assert evaluated is not None
             offline_test = {(device, 400 + int(i)) for i in np.flatnonzero(evaluated.flagged)}
             assert {k for k in set(streamed) if k[0] == device and k[1] >= 400} == offline_test
@@ -251,6 +282,18 @@ def _bad_records(encoder: TelemetryEncoder, good: TelemetryBatch) -> list[tuple[
     ]
 
 
+def _largest_accepted(producer: Producer, topic: str, key: bytes, on_delivery: Any) -> bytes:
+    """Produce the largest undecodable value the producer takes (just under its 1,000,000-byte limit)."""
+    for size in range(999_990, 990_000, -10):
+        value = b"\x07" * size
+        try:
+            producer.produce(topic, value=value, key=key, headers=[("h", b"x" * 10)], on_delivery=on_delivery)
+        except (KafkaException, BufferError):
+            continue
+        return value
+    raise AssertionError("the producer took no record of 990,000 bytes or more")
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_bad_records_go_to_the_dead_letter_topic_and_good_ones_are_scored(
@@ -283,15 +326,22 @@ def test_bad_records_go_to_the_dead_letter_topic_and_good_ones_are_scored(
         for reason, key, value in bad_part:
             headers: list[tuple[str, str | bytes | None]] = [("origin", b"pytest"), ("expected", reason.encode())]
             producer.produce(topics.telemetry_topic, value=value, key=key, headers=headers, on_delivery=remember)
+    # A poison pill: as large as the broker accepts, so that its dead letter, headers added, would not be.
+    pill = _largest_accepted(producer, topics.telemetry_topic, b"sim-0002", remember)
     assert producer.flush(30) == 0
 
     scorer = start_scorer(scorers, scorer_env, tmp_path, "--idle-exit", "6")
     assert scorer.finish() == 0
     assert sum("loaded model" in m for m in scorer.messages()) == 1  # one process, never restarted
-    assert any("scored 3,000 of 3,005 records" in m for m in scorer.messages())
+    assert any("scored 3,000 of 3,006 records" in m for m in scorer.messages())
 
     letters = read_all(kafka, topics.dlq_topic)
-    assert len(letters) == len(bad)
+    assert len(letters) == len(bad) + 1
+    (reference,) = [letter for letter in letters if letter["headers"].get("payload.truncated") == b"true"]
+    assert reference["value"] == pill[:1024] and reference["headers"]["reason"] == b"bad-magic"
+    assert reference["headers"]["payload.size"] == str(len(pill)).encode()
+    assert reference["headers"]["payload.sha256"] == hashlib.sha256(pill).hexdigest().encode()
+    assert reference["headers"]["__connect.errors.offset"] == str(delivered[pill][1]).encode()
     by_value = {letter["value"]: letter for letter in letters}
     for reason, key, value in bad:
         letter = by_value[value]  # the value byte for byte
@@ -349,7 +399,7 @@ def test_a_new_model_is_picked_up_mid_stream_and_a_corrupted_one_refused(
     fleet = generate_fleet(spec)
     store = ModelStore(topic_env["ANOMSTREAM_MODEL_DIR"])
     training = fleet.take(slice(0, 6_000))
-    v1 = AnomalyModel.fit(training, "iforest", per_device=True, params=FAST_IFOREST)
+    v1 = AnomalyModel.fit(training, "iforest", per_device=True, params=FAST_IFOREST | {"target_far": 0.02})
     v2 = AnomalyModel.fit(training, "iforest", per_device=True, params=FAST_IFOREST | {"target_far": 0.05}, seed=1)
     publish(store, "fleet", v1, kafka, topics)
     scorer = start_scorer(scorers, scorer_env, tmp_path, "--idle-exit", "8")
@@ -419,9 +469,12 @@ def test_sigkill_of_one_scorer_leaves_no_duplicate_and_no_gap(
     spec = FleetSpec(devices=12, records=36_000, seed=6, anomaly_rate=0.03)
     fleet = generate_fleet(spec)
     store = ModelStore(topic_env["ANOMSTREAM_MODEL_DIR"])
-    model = AnomalyModel.fit(fleet.take(slice(0, 6_000)), "iforest", per_device=True, params=FAST_IFOREST)
+    params = FAST_IFOREST | {"target_far": 0.02}  # incidents on most devices, muted and not
+    model = AnomalyModel.fit(fleet.take(slice(0, 6_000)), "iforest", per_device=True, params=params)
     publish(store, "fleet", model, kafka, topics)
-    env = scorer_env | {"ANOMSTREAM_KAFKA_EXTRA_CONFIG": FAST_GROUP}
+    rules = tmp_path / "mute.json"  # half the fleet's incidents muted: still written, marked
+    rules.write_text(json.dumps({"rules": [{"device_pattern": "sim-000[0-5]", "reason": "under maintenance"}]}))
+    env = scorer_env | {"ANOMSTREAM_KAFKA_EXTRA_CONFIG": FAST_GROUP, "ANOMSTREAM_SUPPRESSION_FILE": str(rules)}
     victim = start_scorer(scorers, env, tmp_path, "--idle-exit", "12", "--batch-timeout", "0.2")
     survivor = start_scorer(scorers, env, tmp_path, "--idle-exit", "12", "--batch-timeout", "0.2")
     for scorer in (victim, survivor):
@@ -442,3 +495,23 @@ def test_sigkill_of_one_scorer_leaves_no_duplicate_and_no_gap(
     streamed = keys_of(rows)
     assert len(streamed) == len(set(streamed)), "duplicates on the anomaly topic"
     assert set(streamed) == offline_flags(model, per_device(fleet)), "gap or difference against offline scoring"
+
+    # Incidents: those of an offline pass, each opened once, the victim's open ones taken up by the others.
+    events = [row for chunk in AnomalyReader(kafka, topics.incident_topic, to_row=incident_row).rows(
+        idle_timeout_s=5.0) for row in chunk]  # fmt: skip
+    opened = Counter(e["incident_id"] for e in events if e["state"] == "open")
+    assert opened and max(opened.values()) == 1, "an incident opened twice"
+    last = {e["incident_id"]: e for e in events}
+    expected = offline_incidents_of(model, per_device(fleet), topics.telemetry_topic)
+    assert set(last) == set(expected), "incidents lost, doubled or split"
+    assert 5 < len(expected) < len(streamed) / 5
+    for incident_id, event in last.items():
+        want = expected[incident_id]
+        assert (event["state"] == "closed") == (want["state"] == "closed"), incident_id
+        for key in ("start_time", "end_time", "readings", "peak_time"):
+            assert event[key] == want[key], (incident_id, key)
+        assert abs(event["peak_score"] - want["peak_score"]) < 1e-9
+    muted = {e["device_id"] for e in events if e["muted"]}
+    with_incidents = {e["device_id"] for e in events}
+    assert muted == {d for d in with_incidents if d <= "sim-0005"} and muted and with_incidents - muted
+    assert all(e["muted_by"].endswith("(under maintenance)") for e in events if e["muted"])

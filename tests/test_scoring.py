@@ -3,6 +3,7 @@ and the tensorised Isolation Forest the scorer uses (against scikit-learn)."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import struct
 import uuid
@@ -17,8 +18,20 @@ from anomstream.detectors.iforest import IsolationForestDetector, _CompiledFores
 from anomstream.model import AnomalyModel
 from anomstream.scoring.anomalies import score_batch
 from anomstream.scoring.decode import ColumnarTelemetryDecoder, reject_foreign_keys
-from anomstream.scoring.dlq import CONNECT_PREFIX, REASON_HEADER, SourceRecord, dead_letter
-from anomstream.scoring.state import DeviceHistory
+from anomstream.scoring.dlq import (
+    CONNECT_PREFIX,
+    DEFAULT_MAX_BYTES,
+    DROPPED_HEADERS_HEADER,
+    KEPT_PREFIX_BYTES,
+    KEY_SIZE_HEADER,
+    REASON_HEADER,
+    SHA256_HEADER,
+    SIZE_HEADER,
+    TRUNCATED_HEADER,
+    SourceRecord,
+    dead_letter,
+)
+from anomstream.scoring.state import DeviceHistory, last_per_device
 from anomstream.serde import (
     KEY_MISMATCH,
     NON_FINITE,
@@ -107,9 +120,13 @@ def test_columnar_decode_equals_serde_on_good_and_fuzzed_records(registry: Schem
     assert {"extra", "reordered", "ü-3", "", "d4" * 20} <= set(fast.batch.device_id)
 
 
-def _stream(model: AnomalyModel, batch: TelemetryBatch, sizes: list[int]) -> tuple[np.ndarray, np.ndarray]:
-    """Score ``batch`` in consecutive chunks of the given sizes, as the scorer does; flags and scores."""
-    history = DeviceHistory(model.context, model.channels)
+def _stream(
+    model: AnomalyModel, batch: TelemetryBatch, sizes: list[int], rebuild_every: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Score ``batch`` in consecutive chunks of the given sizes, as the scorer does; flags and scores. With
+    ``rebuild_every``, every that many chunks the history is lost and rebuilt from the last ``reach``
+    readings of each device, as when a partition moves to another scorer."""
+    history = DeviceHistory.for_model(model)
     flagged, scores = np.zeros(len(batch), dtype=bool), np.full(len(batch), np.nan)
     start = 0
     partition = np.zeros(len(batch), dtype=np.int32)
@@ -121,11 +138,17 @@ def _stream(model: AnomalyModel, batch: TelemetryBatch, sizes: list[int]) -> tup
         scores[scored.anomalies.source_offset] = scored.anomalies.score
         history.advance(chunk, partition[: len(chunk)], scored.raw)
         start += size
+        if rebuild_every and len(scores) and start < len(batch) and (start // size) % rebuild_every == 0:
+            seen = batch.take(slice(0, start))
+            history = DeviceHistory.for_model(model)
+            older = seen.take(last_per_device(seen, history.reach))
+            history.absorb_older(older, partition[: len(older)])
     return flagged, scores
 
 
 @pytest.mark.parametrize("detector,params", [
-    ("iforest", {"n_estimators": 50}),
+    ("iforest", {"n_estimators": 50, "target_far": 0.01}),
+    ("iforest", {"n_estimators": 50, "baseline": 100}),  # blocks of 2 readings: the oldest are dropped
     ("conv-ae", {"window": 8, "channels": [8, 4], "max_epochs": 2, "kernel_size": 3}),
 ])  # fmt: skip
 def test_scores_do_not_depend_on_batch_boundaries(detector: str, params: dict[str, Any]) -> None:
@@ -140,6 +163,18 @@ def test_scores_do_not_depend_on_batch_boundaries(detector: str, params: dict[st
     assert np.array_equal(scores[flagged], offline.score[flagged])  # bit for bit, whatever the boundaries
 
 
+def test_scores_after_history_rebuilt_from_read_back_equal_offline() -> None:
+    batch = _fleet(devices=3, records=4_500, seed=8)
+    params = {"baseline": 200, "n_estimators": 50, "target_far": 0.05}
+    model = AnomalyModel.fit(batch.take(slice(0, 900)), "iforest", per_device=True, params=params)
+    offline = model.score(batch)
+    sizes = [int(s) for s in np.random.default_rng(3).integers(1, 150, size=100)]
+    flagged, scores = _stream(model, batch, sizes, rebuild_every=7)
+    assert offline.flagged.sum() > 5
+    assert np.array_equal(flagged, offline.flagged)
+    assert np.array_equal(scores[flagged], offline.score[flagged])
+
+
 def test_streaming_warm_up_and_fallback_equal_offline() -> None:
     # Two devices trained, a third unseen one appears mid-stream: its first readings warm up unflagged, its
     # anomalies say the global detector scored them, and streaming counts equal the offline pass.
@@ -147,7 +182,7 @@ def test_streaming_warm_up_and_fallback_equal_offline() -> None:
     trained = batch.device_id != "ü-3"
     model = AnomalyModel.fit(batch.take(trained).take(slice(0, 1_200)), "pca", per_device=True)
     offline = model.score(batch)
-    history = DeviceHistory(model.context, model.channels)
+    history = DeviceHistory.for_model(model)
     scored_by, warming_up, start = {}, 0, 0
     partition = np.zeros(len(batch), dtype=np.int32)
     for size in [int(s) for s in np.random.default_rng(2).integers(1, 200, size=100)]:
@@ -200,6 +235,31 @@ def test_dead_letter_keeps_the_record_and_says_why() -> None:
     assert named[REASON_HEADER] == b"bad-magic"
 
 
+def test_a_dead_letter_too_large_to_send_becomes_a_reference_to_the_record() -> None:
+    value = bytes(range(256)) * 3_906  # 999,936 bytes: the broker took it, the context headers do not fit
+    record = SourceRecord("telemetry", 2, 77, b"dev-9", value, [("trace", b"abc")])
+    bad = BadMessage(0, "bad-magic", "ValueError", "not Confluent wire format")
+    letter = dead_letter(record, bad, "anomstream-scorer", "scorer-1")
+    headers = letter["headers"]
+    assert isinstance(headers, list) and isinstance(letter["value"], bytes)
+    size = len(letter["value"]) + 5 + sum(len(k) + len(v or b"") for k, v in headers)
+    assert size <= DEFAULT_MAX_BYTES - 4096
+    named = dict(headers)
+    assert letter["key"] == b"dev-9" and letter["value"] == value[:KEPT_PREFIX_BYTES]
+    assert named["trace"] == b"abc" and named[REASON_HEADER] == b"bad-magic"
+    assert named[TRUNCATED_HEADER] == b"true" and named[SIZE_HEADER] == str(len(value)).encode()
+    assert named[SHA256_HEADER] == hashlib.sha256(value).hexdigest().encode()
+    assert named[DROPPED_HEADERS_HEADER] == b"0" and named[CONNECT_PREFIX + "offset"] == b"77"
+    # a record that fits is carried whole; huge original headers are dropped, and counted, when they do not
+    small = dead_letter(SourceRecord("telemetry", 2, 78, b"k", b"v" * 1000, []), bad, "g", "c")
+    assert small["value"] == b"v" * 1000 and TRUNCATED_HEADER not in dict(small["headers"])  # type: ignore[arg-type]
+    crowded = SourceRecord("telemetry", 2, 79, b"k" * 5000, b"v", [("big", b"h" * 999_000), ("small", b"s")])
+    letter = dead_letter(crowded, bad, "g", "c")
+    named = dict(letter["headers"])  # type: ignore[arg-type]
+    assert "big" not in named and named[DROPPED_HEADERS_HEADER] == b"2" and named[KEY_SIZE_HEADER] == b"5000"
+    assert letter["key"] == b"k" * KEPT_PREFIX_BYTES and letter["value"] == b"v"
+
+
 @pytest.mark.parametrize("max_features", [1.0, 0.5])
 def test_tensorised_isolation_forest_equals_scikit_learn(max_features: float) -> None:
     rng = np.random.default_rng(11)
@@ -215,3 +275,69 @@ def test_tensorised_isolation_forest_equals_scikit_learn(max_features: float) ->
     total_path = np.concatenate([numpy_walk._walk(chunk, credit=False)[0] for chunk in numpy_walk._chunks(test)])
     walked = np.power(2.0, -total_path / (numpy_walk.n_trees * numpy_walk.c_psi))
     assert np.abs(walked - reference).max() < 1e-6
+
+
+def _swap_mid_stream(
+    old: AnomalyModel, new: AnomalyModel, batch: TelemetryBatch, forget: bool
+) -> tuple[int, dict[int, float]]:
+    """Stream ``batch`` scored by ``old``, then from about half-way by ``new`` (keeping the history, as the
+    scorer does when the new model fits it); the first row ``new`` scored, and the scores it flagged."""
+    history = DeviceHistory.for_model(old)
+    partition = np.zeros(len(batch), dtype=np.int32)
+    start, swapped_at, flagged = 0, None, {}
+    for size in [int(s) for s in np.random.default_rng(4).integers(1, 200, size=400)]:
+        chunk = batch.take(slice(start, start + size))
+        if not len(chunk):
+            break
+        if swapped_at is None and start >= len(batch) // 2:
+            swapped_at = start
+            if forget:
+                history.forget_scores()
+        model = old if swapped_at is None else new
+        offset = np.arange(start, start + len(chunk))
+        scored = score_batch(model, "m", 1, history, chunk, "t", partition[: len(chunk)], offset, 0)
+        if model is new:
+            flagged.update(zip(scored.anomalies.source_offset.tolist(), scored.anomalies.score.tolist(), strict=True))
+        history.advance(chunk, partition[: len(chunk)], scored.raw)
+        start += len(chunk)
+    assert swapped_at is not None
+    return swapped_at, flagged
+
+
+def test_after_a_model_swap_readings_score_as_the_new_models_offline_pass() -> None:
+    # Two genuinely different models with the same readings in history (context and channels).
+    batch = _fleet(devices=3, records=6_000, seed=12)
+    training = batch.take(slice(0, 1_500))
+    old = AnomalyModel.fit(training, "iforest", params={"n_estimators": 30, "target_far": 0.2})
+    new = AnomalyModel.fit(training, "iforest", seed=9, params={"n_estimators": 80, "target_far": 0.4})
+    assert DeviceHistory.for_model(old).fits(new)
+    swapped_at, flagged = _swap_mid_stream(old, new, batch, forget=True)
+    result = new.score(batch)
+    offline = {int(o): float(result.score[o]) for o in np.flatnonzero(result.flagged) if o >= swapped_at}
+    assert len(offline) > 100 and flagged == offline  # the same readings, the same scores, bit for bit
+    # keeping the old model's detector scores, the first readings after the swap differ (the bug this fixes)
+    _, kept = _swap_mid_stream(old, new, batch, forget=False)
+    assert kept != offline
+
+
+class _Record:
+    """What the retry rule reads of a consumed record: its partition and offset."""
+
+    def __init__(self, partition: int, offset: int) -> None:
+        self._partition, self._offset = partition, offset
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int:
+        return self._offset
+
+
+def test_records_held_across_a_retry_pause_are_dropped_when_their_partition_was_assigned_again() -> None:
+    from anomstream.scorer import still_held
+
+    held = [_Record(0, 10), _Record(1, 20), _Record(2, 30)]
+    arrived = [_Record(1, 20), _Record(0, 11)]  # partition 1 was revoked and assigned again: fetched anew
+    before, after = {0: 1, 1: 1, 2: 1}, {0: 1, 1: 2}  # partition 2 revoked for good
+    kept = still_held(held, arrived, before, after)  # type: ignore[arg-type]
+    assert [(m.partition(), m.offset()) for m in kept] == [(0, 10), (1, 20), (0, 11)]  # offset 20 once

@@ -14,7 +14,7 @@ import uuid
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from anomstream.config import TopicSettings
 from anomstream.kafka_config import consumer_config, producer_config
@@ -92,6 +92,44 @@ def test_a_wedged_transaction_call_aborts_the_batch_and_a_new_producer_takes_ove
         release.set()
         batches.close()
         consumer.close()
+
+
+@pytest.mark.slow
+def test_a_partition_taken_over_meanwhile_does_not_make_an_aborted_batch_look_half_committed(
+    stack: Stack, topics: TopicSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The broker outage of the reliability suite: while the wedged call hung, the group gave partition 1 to
+    # the other scorer, which went on past the batch; this member learns of it only in its next poll.
+    monkeypatch.setattr(commit, "WEDGED_AFTER_S", 3.0)
+    kafka, group = stack.kafka_settings, f"pytest-taken-{uuid.uuid4().hex[:8]}"
+    conf = producer_config(kafka, "pytest-taken") | {"transactional.id": group, "transaction.timeout.ms": 60_000}
+    batches = TransactionalCommit(conf)
+    consumer = Consumer(consumer_config(kafka, group, "pytest-taken"))
+    consumer.assign([TopicPartition(topics.telemetry_topic, p) for p in (0, 1)])
+    other = Consumer(consumer_config(kafka, group, "pytest-other-member"))
+    release = threading.Event()
+    batches.producer = _Wedging(batches.producer, release)  # type: ignore[assignment]
+
+    def take_over() -> None:
+        other.commit(offsets=[TopicPartition(topics.telemetry_topic, 1, 9)], asynchronous=False)
+
+    timer = threading.Timer(1.0, take_over)
+    timer.start()
+    try:
+        lost = [(topics.anomaly_topic, {"key": b"d", "value": b"never committed"})]
+        offsets = [TopicPartition(topics.telemetry_topic, p, 5) for p in (0, 1)]
+        assert batches.commit(lost, offsets, consumer) is False  # redone, not a fatal inconsistency
+        assert batches.aborted == 1 and batches.replaced == 1
+        committed = consumer.committed([TopicPartition(topics.telemetry_topic, p) for p in (0, 1)], timeout=30)
+        assert [tp.offset for tp in committed] == [OFFSET_INVALID, 9]
+        release.set()
+        assert _committed_values(stack, topics.anomaly_topic) == []
+    finally:
+        timer.join()
+        release.set()
+        batches.close()
+        consumer.close()
+        other.close()
 
 
 @pytest.mark.slow

@@ -9,6 +9,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import fastavro
@@ -297,6 +298,8 @@ def test_anomalies_encode_for_confluent_readers(registry: SchemaRegistryClient, 
         label=np.array([1, NO_LABEL], dtype=np.int8),
         scored_at_ms=1_700_000_002_000,
         scored_by=np.array(["device", "global"], dtype=object),
+        observed=np.array([[3.5, 101.0], [np.nan, 99.0]]),
+        expected=np.array([[3.0, 100.5], [2.9, 100.0]]),
     )
     values = AnomalyEncoder(registry, subject_topic).encode(anomalies)
     deserialize = AvroDeserializer(registry)
@@ -316,6 +319,13 @@ def test_anomalies_encode_for_confluent_readers(registry: SchemaRegistryClient, 
     assert [int(r["scored_at"].timestamp() * 1000) for r in records] == [1_700_000_002_000] * 2
     assert int(records[1]["event_time"].timestamp() * 1000) == 1_700_000_001_000
     assert [r["scored_by"] for r in records] == ["device", "global"]
+    assert [r["observed"] for r in records] == [{"Current": 3.5, "Pressure": 101.0}, {"Pressure": 99.0}]
+    expected = [{"Current": 3.0, "Pressure": 100.5}, {"Current": 2.9, "Pressure": 100.0}]
+    assert [r["expected"] for r in records] == expected
+    # and without them (records of a model that gives none), empty maps
+    plain = AnomalyEncoder(registry, subject_topic).encode(replace(anomalies, observed=None, expected=None))
+    decoded = deserialize(plain[0], SerializationContext(subject_topic, MessageField.VALUE))
+    assert decoded["observed"] == {} and decoded["expected"] == {} and decoded["scored_by"] == "device"
 
 
 def test_column_wise_decoding_agrees_with_fastavro_on_corrupt_input(

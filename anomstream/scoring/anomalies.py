@@ -59,7 +59,7 @@ def score_batch(
         scored_at_ms: the ``scored_at`` stamp.
     """
     combined, used, known_raw = history.with_history(batch)
-    result = model.score(combined, explain="flagged", known_raw=known_raw)
+    result = model.score(combined, explain="flagged", known_raw=known_raw, baseline=history.blocks)
     lead = len(used)
     history.remember(used, result.raw_score[:lead])
     flagged = np.flatnonzero(result.flagged[lead:])
@@ -80,5 +80,7 @@ def score_batch(
         label=batch.label[flagged],
         scored_at_ms=scored_at_ms,
         scored_by=np.where(result.own_model[rows], SCORED_BY_DEVICE, SCORED_BY_GLOBAL).astype(object),
+        observed=batch.values[flagged][:, [batch.channels.index(c) for c in model.channels]],
+        expected=result.expected[rows],
     )
     return ScoredBatch(anomalies, len(batch), result.raw_score[lead:], int(result.warming_up[lead:].sum()))

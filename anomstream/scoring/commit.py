@@ -43,6 +43,10 @@ RETRY_FOR_S = 120.0  # give up retrying a transaction call after this long, and 
 WEDGED_AFTER_S = CALL_TIMEOUT_S + 15.0  # a call still running this long after it began is not coming back
 REPLACEMENTS_PER_HOUR = 10  # beyond this something is wrong that replacing the producer does not fix
 # Fatal errors that a new producer would only run into again (or that fence another process): not replaced.
+# Known gap: librdkafka reports a producer fenced by a newer instance as its local ``_FENCED``, which is not
+# here: two scorers with one transactional.id then replace their producers and fence each other until one
+# gives up (reliability scenario 8). Adding it ended the scorers in the broker-outage and three-broker
+# scenarios, where a coordinator failover reports the same code: telling the two apart is still to do.
 _FINAL = {"PRODUCER_FENCED", "TRANSACTIONAL_ID_AUTHORIZATION_FAILED", "CLUSTER_AUTHORIZATION_FAILED",
           "TOPIC_AUTHORIZATION_FAILED", "GROUP_AUTHORIZATION_FAILED"}  # fmt: skip
 
@@ -120,7 +124,8 @@ class TransactionalCommit:
     def _committed_after_all(self, offsets: list[TopicPartition], consumer: Consumer) -> bool:
         """Whether a batch whose producer failed mid-commit was committed (the new producer's initialisation
         completed its transaction one way or the other); read from the group's committed offsets of the
-        batch's partitions this member still owns, which only this member commits."""
+        batch's partitions this member still owns, as far as it knows (a rebalance may have given some to
+        another member, which commits them from then on)."""
         owned = {(tp.topic, tp.partition) for tp in consumer.assignment()}
         mine = [tp for tp in offsets if (tp.topic, tp.partition) in owned]
         if not mine:
@@ -139,12 +144,15 @@ class TransactionalCommit:
                 raise KafkaClientError(f"cannot tell whether a batch was committed ({problem}): stopping rather "
                                        "than risk a gap or a duplicate", "TXN_OUTCOME_UNKNOWN")  # fmt: skip
             time.sleep(1.0)
-        done = [f.offset >= tp.offset for f, tp in zip(found, mine, strict=True)]
-        if all(done) != any(done):
-            raise KafkaClientError(f"a batch's transaction is committed for some partitions only: {found}",
-                                   "TXN_OUTCOME_INCONSISTENT")  # fmt: skip
-        logger.warning("the batch's transaction was %s", "committed after all" if all(done) else "aborted")
-        return all(done)
+        # Committed, the transaction moved every partition to the batch's offsets or, once the partition went
+        # to another member that went on from there, past them. One partition behind them proves it aborted;
+        # those ahead of it were taken over (our assignment is only updated in the next poll's callbacks).
+        ahead = [f.partition for f, tp in zip(found, mine, strict=True) if f.offset >= tp.offset]
+        committed = len(ahead) == len(mine)
+        if ahead and not committed:
+            logger.warning("partitions %s were committed past the batch by another member meanwhile", ahead)
+        logger.warning("the batch's transaction was %s", "committed after all" if committed else "aborted")
+        return committed
 
     def _commit(self, outputs: list[Output], offsets: list[TopicPartition], consumer: Consumer) -> bool:
         try:

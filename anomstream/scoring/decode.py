@@ -309,7 +309,7 @@ def _as_channels(batch: TelemetryBatch, channels: tuple[str, ...]) -> TelemetryB
 def reject_foreign_keys(result: DecodeResult, keys: Sequence[bytes | None]) -> DecodeResult:
     """``result`` with every record whose message key is not its device id moved to the bad ones.
 
-    The key is the device id (DESIGN.md) so that a device's readings share one partition, hence one scorer
+    The key is the device id (docs/design.md) so that a device's readings share one partition, hence one scorer
     and one history. A reading keyed otherwise (no key, an empty one, another device's) lands where its
     device's history is not: it would be scored without that history and left out of it, so that neither it
     nor the device's next readings would score as offline. It is a ``key-mismatch`` dead letter instead.

@@ -35,6 +35,12 @@ class ScorerMetrics:
         self.dead_letters = Counter(
             "anomstream_scorer_dlq_records", "Records sent to the dead-letter topic", ["reason"], registry=r
         )
+        self.incidents = Counter(
+            "anomstream_scorer_incidents",
+            "Incidents opened and closed, and events of muted incidents (on the incident topic)",
+            ["event"],
+            registry=r,
+        )
         self.batch_seconds = Histogram(
             "anomstream_scorer_batch_duration_seconds",
             "Time to decode, score and commit one batch",

@@ -87,7 +87,7 @@ class HistoryRebuilder:
             low, high = self._watermarks(partition)
             start = offset if offset >= 0 else low  # no commit yet: consumption starts at the beginning
             scans[partition] = _Scan(low, min(start, high))
-        if history.context:
+        if history.reach:
             self._read_back(history, scans, decoder, None)
         self._scans.update(scans)
 
@@ -95,7 +95,7 @@ class HistoryRebuilder:
                  decoder: ColumnarTelemetryDecoder) -> None:  # fmt: skip
         """Read further back for devices of ``batch`` that lack the history their first reading needs."""
         open_scans = [p for p, scan in self._scans.items() if not scan.exhausted]
-        if not history.context or not len(batch) or not open_scans:
+        if not history.reach or not len(batch) or not open_scans:
             return
         codes, devices = pd.factorize(batch.device_id)
         _, first_row = np.unique(codes, return_index=True)  # a device's first row holds its lowest seq
@@ -104,7 +104,7 @@ class HistoryRebuilder:
         if not candidates.any():
             return
         held = history.counts(np.asarray(devices, dtype=object)[candidates])
-        short = held < np.minimum(history.context, first_seq[candidates])
+        short = held < np.minimum(history.reach, first_seq[candidates])
         if not short.any():
             return
         wanted = {str(d): int(p) for d, p in zip(
@@ -131,7 +131,7 @@ class HistoryRebuilder:
             found.insert(0, (batch, partition))
             for p, (start, _) in ranges.items():
                 reached[p] = start
-            covered = _covered(found, history.context, devices)
+            covered = _covered(found, history.reach, devices)
             pending = {p: reached[p] for p in pending if reached[p] > scans[p].low and not covered.get(p, False)}
             window *= 4
         if found:

@@ -1,13 +1,17 @@
-"""Which model serves: found in the store at start-up, replaced when the ``models`` topic announces another.
+"""Which model serves: found in the store at start-up, replaced when the store's CURRENT names another.
 
 :class:`ModelSource` loads the current version of the configured model (or, when no name is configured, of
 the store's most recently published one, which it then sticks to) and waits, without consuming, while
 there is none. A background thread then reads the compacted ``models`` topic from its beginning with its
-own consumer (``assign()``, no group) and also looks at the store every few seconds; when the version to
-serve differs from the one serving, it loads it in the background (checksums verified by
+own consumer (``assign()``, no group) and also looks at the store every few seconds. An announcement only
+prompts a look at the store: the version to serve is always the one CURRENT names (anyone who can write the
+topic could announce a version the promotion gate refused). When it differs from the one serving, the
+watcher loads it in the background (checksums verified by
 :meth:`ModelStore.load` before anything is read) and hands it to the scoring loop, which swaps it in between
 two batches (:meth:`ModelSource.take_pending`). A version that fails to load is logged, counted
-(``anomstream_scorer_model_load_failures_total``) and not tried again; the previous model keeps serving.
+(``anomstream_scorer_model_load_failures_total``) and not tried again, unless the failure was the disk's
+(an ``OSError``: a full temporary folder, a lost mount), which is tried again at the next look; the previous
+model keeps serving.
 A scorer that starts while the current version is damaged serves the newest version that was current
 before it (what ``anomstream models rollback`` would restore) rather than nothing.
 """
@@ -39,7 +43,7 @@ logger = logging.getLogger(__name__)
 STORE_CHECK_S = 5.0  # how often the watcher also reads CURRENT from the store (announcements can be lost)
 
 
-def resolve_device(setting: str) -> str:
+def serving_device(setting: str) -> str:
     """``cpu`` or ``cuda`` for a device setting; ``auto`` imports torch only where an NVIDIA driver exists."""
     if setting != "auto":
         return setting
@@ -135,12 +139,22 @@ class ModelSource:
         if self._thread is not None:
             self._thread.join(timeout=10.0)
 
-    def _load_current(self, name: str | None = None, announced: int | None = None) -> LoadedModel | None:
-        """Load the version to serve if it is not the one serving (nor one refused before)."""
+    def on_announcement(self, name: str, announced: int | None) -> LoadedModel | None:
+        """An announcement of ``name`` (saying ``announced`` is current): look at the store, whose CURRENT
+        alone says what to serve; the announced version is only logged when it differs."""
+        loaded = self._load_current(name)
+        current = self._current_version(name) if announced is not None else None
+        if announced is not None and current != announced:
+            logger.warning("announcement of %s version %s, but CURRENT names %s: serving what CURRENT names",
+                           name, announced, current)  # fmt: skip
+        return loaded
+
+    def _load_current(self, name: str | None = None) -> LoadedModel | None:
+        """Load the version CURRENT names if it is not the one serving (nor one refused before)."""
         name = name or self.name or self.store.latest_name()
         if not name or (self.name and name != self.name):
             return None
-        version = announced if announced is not None else self._current_version(name)
+        version = self._current_version(name)
         if version is None:
             return None
         serving = self._pending or self.serving
@@ -183,13 +197,17 @@ class ModelSource:
             return None
         try:
             loaded = self.store.load(name, version, device=self.device)
-        except (AnomstreamError, OSError, ValueError) as exc:
+            warm_up(loaded.model)  # a crafted artifact that loads but cannot score is refused here, not in a batch
+        except OSError as exc:  # the disk, not the version: a full or missing temporary folder, a lost mount
+            self.metrics.model_load_failures.labels(name).inc()
+            logger.error("cannot load model %s version %d now (%s); trying again later", name, version, exc)
+            return None
+        except (AnomstreamError, ValueError, IndexError, TypeError, RuntimeError) as exc:
             self._refused.add((name, version))
             self.metrics.model_load_failures.labels(name).inc()
             logger.error("refusing model %s version %d, keeping the one serving: %s", name, version, exc)
             return None
         self.name = name  # stick to it: a later model of another name does not replace it
-        warm_up(loaded.model)
         logger.info("loaded model %s version %d (%s) on %s", name, version, loaded.model.detector_name, self.device)
         return loaded
 
@@ -209,8 +227,7 @@ class ModelSource:
                     continue
                 if due:
                     last_store_check = time.monotonic()
-                name, version = announced if announced is not None else (None, None)
-                loaded = self._load_current(name, version)
+                loaded = self.on_announcement(*announced) if announced is not None else self._load_current()
                 if loaded is not None:
                     with self._lock:
                         self._pending = loaded

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -35,6 +36,13 @@ class ScorerSettings(BaseSettings):
     metrics_port: int = env("ANOMSTREAM_METRICS_PORT", 0, "port of /metrics, /healthz, /readyz (0: a free one)", ge=0)
     idle_exit: float | None = env(
         "ANOMSTREAM_IDLE_EXIT", None, "leave the group and exit 0 after this many seconds without records", gt=0
+    )
+    incident_quiet: float = env(
+        "ANOMSTREAM_INCIDENT_QUIET_S", 300.0, "seconds of event time without a flagged reading that close an incident",
+        gt=0,
+    )
+    suppression_file: Path | None = env(
+        "ANOMSTREAM_SUPPRESSION_FILE", None, "JSON rules that mute incidents (reloaded when it changes)"
     )
     model_poll: float = env(
         "ANOMSTREAM_MODEL_POLL", 2.0, "how often to look in the store while no model exists yet", gt=0
