@@ -100,6 +100,7 @@ class Process:
     log: Path
     killed: bool = False
     stopped: bool = False
+    expected_rc: int | None = None  # an exit status the scenario itself asserted on (a fenced zombie's)
 
     @property
     def alive(self) -> bool:
@@ -258,7 +259,7 @@ class Scenario:
         failures = []
         for p in self.processes:
             rc = p.process.poll()
-            if p.killed or rc == 0:
+            if p.killed or rc == 0 or (rc is not None and rc == p.expected_rc):
                 continue
             why = "still running" if rc is None else f"exited {rc}" + ("" if p.stopped else " by itself")
             failures.append(f"{p.name} {why}; last lines:\n{p.tail(12)}")
