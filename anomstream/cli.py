@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "models": ("trainer.models_cli", "list, show, promote and roll back models in the model store"),
     "score": ("scorer.cli", "score the telemetry topic as a member of the scorer group (exactly-once)"),
     "tail": ("scorer.tail_cli", "print the anomaly topic as a table or JSON lines (read_committed)"),
+    "alert": ("scorer.alert_cli", "drive Prometheus Alertmanager from the incident topic (fire, refresh, resolve)"),
     "eval": ("trainer.eval_cli", "evaluate detectors offline on labelled benchmark data (SKAB, NAB)"),
 }
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin
 
@@ -57,12 +58,13 @@ class KafkaSettings(_Settings):
 
 
 class TopicSettings(_Settings):
-    """Topic names (DESIGN.md) and the partition counts the stack creates them with."""
+    """Topic names (docs/design.md) and the partition counts the stack creates them with."""
 
     telemetry_topic: str = env("ANOMSTREAM_TELEMETRY_TOPIC", "telemetry", "telemetry topic")
     anomaly_topic: str = env("ANOMSTREAM_ANOMALY_TOPIC", "anomalies", "anomaly output topic")
     dlq_topic: str = env("ANOMSTREAM_DLQ_TOPIC", "telemetry.dlq", "dead-letter topic")
     models_topic: str = env("ANOMSTREAM_MODELS_TOPIC", "models", "model announcement topic (compacted)")
+    incident_topic: str = env("ANOMSTREAM_INCIDENT_TOPIC", "incidents", "incident topic (open/update/closed events)")
     telemetry_partitions: int = env(
         "ANOMSTREAM_TELEMETRY_PARTITIONS", 6, "partitions of the telemetry and anomaly topics", ge=1
     )
@@ -72,6 +74,13 @@ class ModelStoreSettings(_Settings):
     """Where published models live (a shared volume in Docker)."""
 
     model_dir: Path = env("ANOMSTREAM_MODEL_DIR", PROJECT_ROOT / "models", "model store folder")
+    signing_key: SecretStr | None = env(
+        "ANOMSTREAM_MODEL_SIGNING_KEY", None, "shared key: the trainer signs versions, scorers refuse unsigned ones"
+    )
+
+    def store_key(self) -> bytes | None:
+        """The signing key as bytes, or None for an unsigned store."""
+        return self.signing_key.get_secret_value().encode() if self.signing_key else None
 
 
 def add_settings_arguments(
@@ -101,8 +110,32 @@ def add_settings_arguments(
         )
 
 
+# librdkafka and registry properties that hold secrets (passwords, JAAS configs, inline keys, tokens)
+SECRET_KEY = re.compile(r"password|secret|jaas|\.pem$|user\.info|token|credential", re.IGNORECASE)
+_URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]+):(?P<password>[^@/\s]+)@", re.I)
+
+
+def mask_secrets(value: Any) -> Any:
+    """``value`` with secrets replaced by ``***``: the values of secret-bearing keys of a dict (a JSON
+    string of one too), and the password of credentials in URLs (``https://user:***@host``)."""
+    if isinstance(value, SecretStr):
+        return "***" if value.get_secret_value() else ""
+    if isinstance(value, dict):
+        return {k: ("***" if SECRET_KEY.search(str(k)) else mask_secrets(v)) for k, v in value.items()}
+    if isinstance(value, str):
+        stripped = value.strip()
+        if stripped.startswith("{"):
+            try:
+                return json.dumps(mask_secrets(json.loads(stripped)))
+            except ValueError:
+                return "***" if SECRET_KEY.search(stripped) else value  # unparseable: show nothing of it
+        return _URL_CREDENTIALS.sub(lambda m: f"{m['scheme']}{m['user']}:***@", value)
+    return value
+
+
 def _shown(value: Any) -> Any:
-    """A default as ``--help`` shows it: JSON for dicts, ISO 8601 for times."""
+    """A default as ``--help`` shows it: secrets masked, JSON for dicts, ISO 8601 for times."""
+    value = mask_secrets(value)
     if isinstance(value, dict):
         return json.dumps(value)
     return value.isoformat() if hasattr(value, "isoformat") else value
@@ -143,5 +176,6 @@ def _env_name(alias: object, field_name: str) -> str:
 
 
 def masked(settings: BaseSettings) -> dict[str, Any]:
-    """The settings as a dict safe to log (secrets stay masked by ``SecretStr``)."""
-    return {k: (str(v) if isinstance(v, SecretStr | Path) else v) for k, v in settings.model_dump().items()}
+    """The settings as a dict safe to log: ``SecretStr`` fields, secret-bearing properties and credentials in
+    URLs masked (:func:`mask_secrets`)."""
+    return {k: (str(v) if isinstance(v, Path) else mask_secrets(v)) for k, v in settings.model_dump().items()}

@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 
 REPORT_JSON = "report.json"
 REPORT_PNG = "report.png"
+INCIDENTS_PNG = "incidents.png"
 QUANTILES = (0.0, 0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99, 1.0)
 
 
@@ -184,6 +185,52 @@ def plot_report(
         ax.set_ylabel("anomaly score")
         ax.set_title(title)
         ax.legend(loc="upper left", fontsize=8)
+        fig.autofmt_xdate()
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+    finally:
+        plt.close(fig)
+
+
+def plot_incidents(
+    path: str | Path,
+    device_id: np.ndarray,
+    event_time_ms: np.ndarray,
+    labels: np.ndarray,
+    incidents: list[tuple[str, int, int]],
+    title: str = "",
+) -> None:
+    """A PNG timeline: one row per device, labelled anomalies shaded red, incidents (``(device, start_ms,
+    end_ms)``) as blue bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.dates as mdates
+    import matplotlib.pyplot as plt
+
+    def day(ms: float) -> float:
+        return float(mdates.date2num(np.datetime64(int(ms), "ms")))
+
+    devices = sorted({str(d) for d in device_id})
+    row = {d: i for i, d in enumerate(devices)}
+    fig, ax = plt.subplots(figsize=(12, max(2.0, 0.35 * len(devices) + 1.2)))
+    try:
+        times, anomalous, ids = np.asarray(event_time_ms), np.asarray(labels) == 1, np.asarray(device_id)
+        for device in devices:
+            mine = ids == device
+            t, a = times[mine], anomalous[mine]
+            starts = np.flatnonzero(a & ~np.r_[False, a[:-1]])
+            ends = np.flatnonzero(a & ~np.r_[a[1:], False])
+            spans = [(day(t[s]), max(t[e] - t[s], 1000) / 86_400_000) for s, e in zip(starts, ends, strict=True)]
+            ax.broken_barh(spans, (row[device] - 0.4, 0.8), color="tab:red", alpha=0.25)
+        for device, start, end in incidents:
+            if device in row:
+                width = max(end - start, 1000) / 86_400_000
+                ax.broken_barh([(day(start), width)], (row[device] - 0.25, 0.5), color="tab:blue")
+        ax.xaxis_date()
+        ax.set_yticks(range(len(devices)), devices, fontsize=7)
+        ax.set_xlabel("event time (UTC); red: labelled anomaly, blue: incident")
+        ax.set_title(title)
         fig.autofmt_xdate()
         fig.tight_layout()
         fig.savefig(path, dpi=100)

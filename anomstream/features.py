@@ -13,7 +13,8 @@ training rows and turns any ``TelemetryBatch`` into a feature array:
   window that ended ``rolling`` readings earlier, as an integrated series is differenced before it is
   charted. Noisy, stationary channels (flow, vibration, current) keep their levels;
 - optionally (``baseline``) the levels of the other channels taken relative to their own slow baseline: the
-  median of trailing means sampled over the ``baseline`` readings before the current rolling window. A level
+  median of the means of ``BASELINE_SAMPLES`` blocks of readings spanning the ``baseline`` readings before
+  the current rolling window (a streaming scorer keeps the blocks as :class:`BlockSums`). A level
   that drifts slowly (ambient temperature, load growth, a sensor ageing) is then judged against the device's
   recent behaviour rather than against the training period, while a fault shorter than half the baseline
   never moves it;
@@ -23,8 +24,9 @@ training rows and turns any ``TelemetryBatch`` into a feature array:
 
 Every feature is causal: it depends on the reading and on at most ``context`` previous readings of the same
 device. A device's first readings use what exists (partial rolling windows, sliding windows padded with the
-first row). A streaming scorer that keeps the last ``context`` readings of each device, prepends them to a
-batch and drops them after, therefore gets exactly (bit for bit) the features that an offline pass over
+first row). A streaming scorer that keeps the last ``context`` readings of each device (or the last
+``warm_up`` and the slow baseline's :class:`BlockSums`), prepends them to a batch and drops them after,
+therefore gets exactly (bit for bit) the features that an offline pass over
 the whole sequence computes: trailing sums are accumulated in the same order whatever the batch boundaries,
 instead of by differences of cumulative sums, whose rounding would depend on where a batch starts.
 
@@ -36,7 +38,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Self
 
 import numpy as np
@@ -96,18 +98,27 @@ class FeatureSpec:
     @property
     def context(self) -> int:
         """Previous readings of the same device that a reading's features depend on."""
-        reach = max(self.rolling - 1, 0)  # the rolling window
-        if self.detrend_persistent:
-            reach = 2 * self.rolling - 1  # the window that ended `rolling` readings earlier
+        reach = self.point_reach
         if self.baseline:
-            # the oldest baseline sample: a rolling mean that ended that many readings before
-            reach = max(reach, int(baseline_lags(self.rolling, self.baseline)[-1]) + self.rolling - 1)
+            # the first reading of the oldest baseline block (see `FeaturePipeline._slow_baseline`)
+            reach = max(reach, self.rolling - 2 + (BASELINE_SAMPLES + 1) * self.baseline_step)
         return reach + self.window - 1
+
+    @property
+    def point_reach(self) -> int:
+        """Previous readings a row's point features need, the slow baseline aside."""
+        return 2 * self.rolling - 1 if self.detrend_persistent else max(self.rolling - 1, 0)
+
+    @property
+    def baseline_step(self) -> int:
+        """Readings per block of the slow baseline: it takes the median of ``BASELINE_SAMPLES`` blocks."""
+        return max(1, self.baseline // BASELINE_SAMPLES)
 
     @property
     def warm_up(self) -> int:
         """Previous readings a reading needs for complete features: ``context`` except the slow baseline, which
-        takes the median of the samples that exist."""
+        takes the median of the blocks that exist. Also the readings a streaming scorer keeps per device as
+        rows: it keeps the slow baseline's blocks as :class:`BlockSums`."""
         return replace(self, baseline=0).context
 
     @property
@@ -145,6 +156,18 @@ class FeatureSpec:
             detrend_persistent=bool(d.get("detrend_persistent", False)),
             baseline=int(d.get("baseline", 0)),
         )
+
+
+@dataclass(frozen=True)
+class _Grouped:
+    """Rows grouped by device (each device's rows together, in order): device, channel values ``(n, C)``,
+    position within the device's rows, ``seq``, and the index of the scaling table that applies."""
+
+    device: np.ndarray
+    values: np.ndarray
+    pos: np.ndarray
+    seq: np.ndarray
+    table: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -257,16 +280,34 @@ class FeaturePipeline:
                 self._devices[str(device)] = self._fit_scaling(batch.take(rows), values[rows])
         return self
 
-    def transform(self, batch: TelemetryBatch, needed: np.ndarray | None = None) -> np.ndarray | Windows:
+    def transform(
+        self, batch: TelemetryBatch, needed: np.ndarray | None = None, baseline: BlockSums | None = None
+    ) -> np.ndarray | Windows:
         """Features of every row: ``(n, F)`` float64, or ``(n, W, F)`` float32 :class:`Windows` when
         ``spec.window > 1``.
 
         ``needed`` (``(n,)`` bool, default all) marks the rows whose features will be used; the others are
-        inputs only (a scorer's history rows whose scores are known), and their slow-baseline levels are
-        left uncomputed. A needed row's window rows must be needed too.
+        inputs only (a scorer's history rows whose scores are known): their features are left uncomputed
+        (0) unless a needed row's point features reach them. A needed row's window rows must be needed too.
+        ``baseline`` holds the slow baseline's blocks of readings before ``batch`` (a streaming scorer's
+        :class:`BlockSums`); without it, the blocks come from ``batch`` alone.
 
         Windows feed the sequence autoencoder, which computes in float32 anyway; kept as float32 rows and an
         index, they are gathered only where and when the detector needs them.
+        """
+        return self.transform_with_reference(batch, needed, baseline, reference=False)[0]
+
+    def transform_with_reference(
+        self,
+        batch: TelemetryBatch,
+        needed: np.ndarray | None = None,
+        baseline: BlockSums | None = None,
+        reference: bool = True,
+    ) -> tuple[np.ndarray | Windows, np.ndarray]:
+        """``transform``, and per row and channel the level the reading was judged against, in the channel's
+        own units: for a persistent channel its mean over the window that ended ``rolling`` readings earlier,
+        for the others the slow baseline, or the training mean without one (``(n, C)``; NaN for rows not
+        ``needed``, and empty without ``reference``). Beside the reading it says how far off, and which way.
         """
         if self._global is None:
             raise ModelError("FeaturePipeline.transform before fit: fit or load the pipeline first")
@@ -276,14 +317,20 @@ class FeaturePipeline:
         sorted_values = values[order]
         row_table = table_row[order]
         needed_sorted = None if needed is None else np.asarray(needed, dtype=bool)[order]
-        points = self._point_features(sorted_values, pos, tables, row_table, final=True, needed=needed_sorted)
+        grouped = _Grouped(batch.device_id[order], sorted_values, pos, batch.seq[order], row_table)
+        levels = np.full(values.shape, np.nan) if reference else None
+        points = self._point_features(grouped, tables, True, needed_sorted, baseline, levels)
+        expected = np.empty((0, values.shape[1]))
+        if levels is not None:
+            expected = np.empty_like(levels)
+            expected[order] = levels
         if self.spec.window > 1:
             in_row_order = np.empty_like(order)
             in_row_order[order] = np.arange(len(order))
-            return Windows(points.astype(np.float32), _window_index(pos, self.spec.window)[in_row_order])
+            return Windows(points.astype(np.float32), _window_index(pos, self.spec.window)[in_row_order]), expected
         features = np.empty_like(points)
         features[order] = points
-        return features
+        return features, expected
 
     def fit_transform(self, batch: TelemetryBatch, per_device: bool = False) -> np.ndarray | Windows:
         """``fit`` then ``transform`` on the same rows."""
@@ -333,99 +380,269 @@ class FeaturePipeline:
         identity = _Scaling(raw_center, raw_scale, np.zeros(n_features), np.ones(n_features), persistent)
         if not self.spec.standardise:
             return identity
-        points = self._point_features(values[order], pos, [identity], table_row[order], final=False)
+        grouped = _Grouped(batch.device_id[order], values[order], pos, batch.seq[order], table_row[order])
+        points = self._point_features(grouped, [identity], final=False)
         feature_center, feature_scale = _center_scale(points)
         return _Scaling(raw_center, raw_scale, feature_center, feature_scale, persistent)
 
     def _point_features(
         self,
-        values: np.ndarray,
-        pos: np.ndarray,
+        rows: _Grouped,
         tables: list[_Scaling],
-        row_table: np.ndarray,
         final: bool,
         needed: np.ndarray | None = None,
+        baseline: BlockSums | None = None,
+        reference: np.ndarray | None = None,
     ) -> np.ndarray:
-        """Point features of device-grouped rows, ``(n, F)``."""
-        n, n_channels = values.shape
-        z = values - _per_row(tables, "raw_center", row_table)
-        z /= _per_row(tables, "raw_scale", row_table)
-        missing = np.isnan(z)
-        any_missing = bool(missing.any())
-        points = np.empty((n, self.n_features))
-        width = n_channels
-        blocks = {block: points[:, i * width : (i + 1) * width] for i, block in enumerate(self.spec.blocks)}
-        mean = None
-        if self.spec.rolling:
-            mean, std = _trailing_mean_std(z, missing if any_missing else None, pos, self.spec.rolling)
-            if any_missing:
-                # A missing reading takes the trailing mean of its channel (0 = the training mean if none).
-                np.copyto(z, mean, where=missing)
-            if "rolling_mean" in blocks:
-                blocks["rolling_mean"][:] = mean
-            if "rolling_std" in blocks:
-                blocks["rolling_std"][:] = std
-        elif any_missing:
-            z[missing] = 0.0
-        if "raw" in blocks:
-            blocks["raw"][:] = z
-        persistent = _per_row(tables, "persistent", row_table) > 0.5
-        before_window = np.arange(n) - np.minimum(pos, self.spec.rolling)  # the row `rolling` readings back
+        """Point features of device-grouped rows, ``(n, F)``; rows not ``needed`` (default: all are) and
+        not within ``point_reach`` of a needed row are left at 0 and cost nothing. ``reference``, when given
+        (``(n, C)``), receives each needed row's reference levels in raw units (see
+        ``transform_with_reference``)."""
+        values, pos, row_table = rows.values, rows.pos, rows.table
+        n = len(values)
+        points = np.zeros((n, self.n_features))
+        live = np.arange(n) if needed is None else _reach_back(needed, pos, self.spec.point_reach)
+        if not len(live):
+            return points
+        sub_pos = pos if needed is None else _positions_within(live, pos)
+        sub_table = row_table[live]
+        z, mean, std = self._levels(values[live], sub_pos, tables, sub_table)
+        width = z.shape[1]
+        computed = {"raw": z, "rolling_mean": mean, "rolling_std": std}
+        blocks = {block: array for block in self.spec.blocks if (array := computed[block]) is not None}
+        persistent = _per_row(tables, "persistent", sub_table) > 0.5
+        judged_against = np.zeros((len(live), width))  # standardised: 0 is the training mean
         if self.spec.detrend_persistent and mean is not None:
             # Persistent channels: levels relative to the trailing mean of the window ending K readings ago.
-            earlier = mean[before_window]
+            earlier = mean[np.arange(len(live)) - np.minimum(sub_pos, self.spec.rolling)]
+            np.copyto(judged_against, earlier, where=persistent)
             for block in ("raw", "rolling_mean"):
                 if block in blocks:
                     np.subtract(blocks[block], earlier, out=blocks[block], where=persistent)
         if self.spec.baseline and mean is not None:
-            # Other channels: levels relative to the median of the `baseline` readings before the window.
-            slow = _slow_baseline(mean, pos, self.spec.rolling, self.spec.baseline, needed)
+            # Other channels: levels relative to the slow baseline of the readings before the window.
+            wanted = np.arange(n) if needed is None else np.flatnonzero(needed)
+            slow = np.zeros((len(live), width))
+            slow[np.searchsorted(live, wanted)] = self._slow_baseline(rows, tables, wanted, baseline)
+            np.copyto(judged_against, slow, where=~persistent)
             for block in ("raw", "rolling_mean"):
                 if block in blocks:
                     np.subtract(blocks[block], slow, out=blocks[block], where=~persistent)
+        if reference is not None:
+            scale, center = _per_row(tables, "raw_scale", sub_table), _per_row(tables, "raw_center", sub_table)
+            wanted_live = slice(None) if needed is None else needed[live]
+            reference[live[wanted_live]] = (judged_against * scale + center)[wanted_live]
+        sub = np.concatenate([blocks[block] for block in self.spec.blocks], axis=1)
         if final:
-            points -= _per_row(tables, "feature_center", row_table)
-            points /= _per_row(tables, "feature_scale", row_table)
+            sub -= _per_row(tables, "feature_center", sub_table)
+            sub /= _per_row(tables, "feature_scale", sub_table)
+        points[live] = sub
         return points
 
+    def _levels(
+        self, values: np.ndarray, pos: np.ndarray, tables: list[_Scaling], row_table: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """Standardised readings (a missing one replaced by its trailing mean, or 0 = the training mean) and,
+        with ``rolling``, their trailing mean and spread, over device-grouped rows."""
+        z = values - _per_row(tables, "raw_center", row_table)
+        z /= _per_row(tables, "raw_scale", row_table)
+        missing = np.isnan(z)
+        any_missing = bool(missing.any())
+        if not self.spec.rolling:
+            z[missing] = 0.0
+            return z, None, None
+        mean, std = _trailing_mean_std(z, missing if any_missing else None, pos, self.spec.rolling)
+        if any_missing:
+            np.copyto(z, mean, where=missing)
+        return z, mean, std
 
-BASELINE_SAMPLES = 50  # rolling means the slow baseline takes the median of
+    def _slow_baseline(
+        self, grouped: _Grouped, tables: list[_Scaling], rows: np.ndarray, prior: BlockSums | None
+    ) -> np.ndarray:
+        """Slow baseline of device-grouped ``rows``, standardised: per channel, the median of the means of the
+        ``BASELINE_SAMPLES`` blocks of ``baseline_step`` readings (by ``seq``) before the block that holds the
+        first reading of the row's rolling window.
+
+        A median, so that a fault shorter than half the baseline moves it not at all: the fault is not learnt
+        as normal, and the return to normal after it is not mistaken for a change. Blocks are counted in
+        ``seq`` and their sums are added in ``seq`` order, so streaming equals offline: a scorer passes the
+        blocks of the readings it no longer holds (``prior``), and every row of a block shares one baseline
+        (one median per block and device, not per row). Rows with no earlier block get 0, the training level.
+        """
+        rolling, step, samples = self.spec.rolling, self.spec.baseline_step, BASELINE_SAMPLES
+        device, values, pos, seq, row_table = grouped.device, grouped.values, grouped.pos, grouped.seq, grouped.table
+        width = values.shape[1]
+        prior = prior if prior is not None else BlockSums.empty(width)
+        sums = fold_blocks(prior, device, seq, values, np.zeros(len(seq), np.int32), step)
+        first_row = np.flatnonzero(pos == 0)
+        device_index = np.cumsum(pos == 0) - 1
+        owner = pd.Index(device[first_row], dtype=object).get_indexer(sums.device_id)
+        sums = sums.take(owner >= 0)
+        owner = owner[owner >= 0]
+        current = np.floor_divide(seq[rows] - rolling + 1, step)  # the block of the window's first reading
+        low = int(min(sums.block.min(), current.min() - samples)) if len(sums) and len(rows) else 0
+        span = (int(max(sums.block.max(), current.max())) - low + 2) if len(sums) and len(rows) else 1
+        key = owner * span + (sums.block - low)
+        by_key = np.argsort(key, kind="stable")
+        key, sums = key[by_key], sums.take(by_key)
+        row_device = device_index[rows]
+        stop = np.searchsorted(key, row_device * span + (current - low))
+        begin = np.maximum(np.searchsorted(key, row_device * span + (current - samples - low)), stop - samples)
+        pairs, inverse = np.unique(begin * (len(key) + 1) + stop, return_index=False, return_inverse=True)
+        first, last = np.divmod(pairs, len(key) + 1)
+        representative = np.zeros(len(pairs), dtype=np.int64)
+        representative[inverse.reshape(-1)] = rows  # any row of the group: they share a device
+        with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
+            warnings.simplefilter("ignore", category=RuntimeWarning)  # blocks without readings are NaN
+            means = sums.total / sums.count
+            levels = np.zeros((len(pairs), width))
+            for chunk in range(0, len(pairs), 4096):  # bounded memory: (4096, samples, C) at a time
+                part = slice(chunk, chunk + 4096)
+                take = first[part, None] + np.arange(samples)[None, :]
+                valid = take < last[part, None]
+                picked = np.where(valid[:, :, None], means[np.where(valid, take, 0)], np.nan)
+                levels[part] = np.nanmedian(picked, axis=1) if valid.any() else np.nan
+        levels = np.where(np.isfinite(levels), levels, np.nan)
+        table = row_table[representative]
+        levels = (levels - _per_row(tables, "raw_center", table)) / _per_row(tables, "raw_scale", table)
+        return np.nan_to_num(levels, nan=0.0)[inverse.reshape(-1)]
 
 
-def baseline_lags(rolling: int, baseline: int) -> np.ndarray:
-    """How many readings back each slow-baseline sample (a trailing ``rolling`` mean) ends, newest first:
-    ``BASELINE_SAMPLES`` evenly spaced over the ``baseline`` readings before the row's own rolling window."""
-    step = max(1, baseline // BASELINE_SAMPLES)
-    return rolling + step * np.arange(max(1, baseline // step))
+BASELINE_SAMPLES = 50  # blocks the slow baseline takes the median of
 
 
-def _slow_baseline(
-    mean: np.ndarray, pos: np.ndarray, rolling: int, baseline: int, needed: np.ndarray | None = None
-) -> np.ndarray:
-    """Per row, the median of the trailing ``rolling``-reading means at ``BASELINE_SAMPLES`` evenly spaced
-    points of the ``baseline`` readings before the row's own rolling window (device-grouped rows).
+@dataclass(frozen=True)
+class BlockSums:
+    """The slow baseline's state: per device and block of ``step`` readings (by ``seq``), the sums and counts
+    of the raw readings of each channel, so that a streaming scorer keeps about ``BASELINE_SAMPLES + 3``
+    blocks per device instead of the ``baseline`` readings they summarise.
 
-    A median, so that a fault shorter than half the baseline moves it not at all: the fault is not learnt as
-    normal, and the return to normal after it is not mistaken for a change. Rows with no earlier window (a
-    device's first ``rolling`` readings) get 0, the training level; so do rows not ``needed``. Chunked to
-    bound memory.
+    Attributes:
+        device_id: ``(k,)`` device of each block.
+        block: ``(k,)`` block number, ``seq // step``.
+        total: ``(k, C)`` sum of the block's readings per channel (missing ones left out), added in ``seq``
+            order: the same sum whatever the batch boundaries.
+        count: ``(k, C)`` readings summed per channel.
+        last: ``(k,)`` the highest ``seq`` summed into the block.
+        since: ``(k,)`` the first ``seq`` summed for the block's device (since its blocks were first built).
+        partition: ``(k,)`` the partition the device's readings came from.
     """
-    lags = baseline_lags(rolling, baseline)
-    slow = np.zeros_like(mean)
-    wanted = np.arange(len(mean)) if needed is None else np.flatnonzero(needed)
-    for start in range(0, len(wanted), 4096):
-        rows = wanted[start : start + 4096]
-        back = rows[:, None] - lags[None, :]
-        valid = pos[rows, None] >= lags[None, :]
-        count = valid.sum(axis=1)  # valid lags are the first `count` ones: the oldest reach before the device
-        has = count > 0
-        rows, back, valid, count = rows[has], back[has], valid[has], count[has]
-        # Invalid samples sort last as +inf; the median of the first `count` sorted samples, per row.
-        samples = np.sort(np.where(valid[:, :, None], mean[np.where(valid, back, 0)], np.inf), axis=1)
-        low = np.take_along_axis(samples, ((count - 1) // 2)[:, None, None], axis=1)[:, 0]
-        high = np.take_along_axis(samples, (count // 2)[:, None, None], axis=1)[:, 0]
-        slow[rows] = 0.5 * (low + high)
-    return slow
+
+    device_id: np.ndarray
+    block: np.ndarray
+    total: np.ndarray
+    count: np.ndarray
+    last: np.ndarray
+    since: np.ndarray
+    partition: np.ndarray
+
+    @classmethod
+    def empty(cls, channels: int) -> BlockSums:
+        ints = np.empty(0, dtype=np.int64)
+        return cls(np.empty(0, dtype=object), ints, np.empty((0, channels)), np.empty((0, channels)), ints, ints,
+                   np.empty(0, dtype=np.int32))  # fmt: skip
+
+    def __len__(self) -> int:
+        return len(self.block)
+
+    def take(self, rows: np.ndarray) -> BlockSums:
+        return BlockSums(*(getattr(self, f.name)[rows] for f in fields(self)))
+
+    @staticmethod
+    def concat(parts: list[BlockSums]) -> BlockSums:
+        return BlockSums(*(np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(BlockSums)))
+
+    def of_devices(self, device_ids: np.ndarray) -> np.ndarray:
+        """Mask of the blocks of ``device_ids``."""
+        return pd.Index(self.device_id, dtype=object).isin(pd.unique(device_ids))  # type: ignore[no-any-return]
+
+
+def fold_blocks(
+    prior: BlockSums,
+    device_id: np.ndarray,
+    seq: np.ndarray,
+    values: np.ndarray,
+    partition: np.ndarray,
+    step: int,
+    keep: int | None = None,
+) -> BlockSums:
+    """``prior`` with readings added: each device's rows (in ``seq`` order) with a ``seq`` beyond the last one
+    summed for it. With ``keep``, only the blocks holding one of each device's last ``keep`` readings (by
+    ``seq``) are kept: a scorer's ``reach``, beyond which no later score looks."""
+    n = len(seq)
+    order, _, _ = _group_rows(device_id, {})
+    device, seq, values, partition = device_id[order], seq[order], values[order], np.asarray(partition)[order]
+    # the last seq summed per device in `prior`, -1 for none
+    codes, uniques = pd.factorize(device)
+    index = pd.Index(uniques, dtype=object)
+    held = index.get_indexer(prior.device_id)
+    through = np.full(len(uniques), -1, dtype=np.int64)
+    since = np.full(len(uniques), -1, dtype=np.int64)
+    if len(prior):
+        mine = held >= 0
+        np.maximum.at(through, held[mine], prior.last[mine])
+        since[held[mine]] = prior.since[mine]
+    new = seq > through[codes] if n else np.zeros(0, dtype=bool)
+    if not new.any():
+        return prior
+    device, codes, seq, values, partition = device[new], codes[new], seq[new], values[new], partition[new]
+    block = np.floor_divide(seq, step)
+    starts = np.flatnonzero(np.r_[True, (codes[1:] != codes[:-1]) | (block[1:] != block[:-1])])
+    lengths = np.diff(np.r_[starts, len(seq)])
+    width = values.shape[1]
+    total, count = np.zeros((len(starts), width)), np.zeros((len(starts), width))
+    # a device's first new block continues the prior's block of the same number, if any
+    replaced = np.zeros(len(prior), dtype=bool)
+    if len(prior):
+        key = pd.MultiIndex.from_arrays([prior.device_id, prior.block])
+        found = key.get_indexer(pd.MultiIndex.from_arrays([device[starts], block[starts]]))
+        found[np.r_[False, codes[starts][1:] == codes[starts][:-1]]] = -1  # only a device's first new block
+        hit = found >= 0
+        total[hit], count[hit] = prior.total[found[hit]], prior.count[found[hit]]
+        replaced[found[hit]] = True
+    present = ~np.isnan(values)
+    clean = np.where(present, values, 0.0)
+    for k in range(int(lengths.max())):  # sequential sums: row k of every block at once
+        rows = starts[lengths > k] + k
+        total[lengths > k] += clean[rows]
+        count[lengths > k] += present[rows]
+    first_rows = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
+    since[codes[first_rows]] = np.where(since[codes[first_rows]] >= 0, since[codes[first_rows]], seq[first_rows])
+    fresh = BlockSums(device[starts], block[starts], total, count, seq[starts + lengths - 1],
+                      since[codes[starts]], partition[starts + lengths - 1].astype(np.int32))  # fmt: skip
+    merged = BlockSums.concat([prior.take(~replaced), fresh])
+    if keep is None:
+        return merged
+    newest = pd.Series(merged.last).groupby(pd.Index(merged.device_id, dtype=object)).transform("max").to_numpy()
+    return merged.take((merged.block + 1) * step > newest - keep)
+
+
+def _reach_back(needed: np.ndarray, pos: np.ndarray, reach: int) -> np.ndarray:
+    """Indices of device-grouped rows that are ``needed`` or within ``reach`` readings before a needed row
+    of the same device."""
+    n = len(needed)
+    marks = needed.astype(np.int64)
+    # rows i with a needed row in i .. i + reach of the same device: a trailing max over the reversed rows
+    reversed_pos = _positions_from_end(pos)
+    hit = _trailing_reduce(marks[::-1].astype(np.float64), reversed_pos, reach + 1, np.maximum, -np.inf)[::-1]
+    return np.flatnonzero(hit > 0) if n else np.zeros(0, dtype=np.int64)
+
+
+def _positions_from_end(pos: np.ndarray) -> np.ndarray:
+    """For device-grouped rows, reversed: each row's place counted from its device's last row."""
+    n = len(pos)
+    starts = np.flatnonzero(pos == 0)
+    lengths = np.diff(np.r_[starts, n])
+    from_end = np.repeat(lengths, lengths) - 1 - pos
+    return from_end[::-1]
+
+
+def _positions_within(rows: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    """Position of each of the device-grouped ``rows`` (sorted) among its device's rows in ``rows``."""
+    device = (np.cumsum(pos == 0) - 1)[rows]
+    first = np.r_[True, device[1:] != device[:-1]]
+    starts = np.flatnonzero(first)
+    return np.arange(len(rows)) - np.repeat(starts, np.diff(np.r_[starts, len(rows)]))
 
 
 def device_positions(device_id: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

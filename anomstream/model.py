@@ -2,9 +2,11 @@
 
 ``AnomalyModel.fit`` builds a ``FeaturePipeline`` and fits a detector on the training rows. With
 ``per_device=True`` every device seen in training gets its own standardisation, detector and threshold,
-fitted on that device's rows alone (so a device's model is the same whether it was trained alone or with a
-fleet); scoring routes a reading to its device's detector and falls back to the global one, which is
-always fitted too (on all devices' rows), for devices unseen in training.
+fitted on that device's rows alone (so a device's detector is the same whether it was trained alone or with
+a fleet; its threshold shares the fleet's tail estimate, ``ModelConfig.pooled_tail``); scoring routes a
+reading to its device's detector and falls back to the global one, which is always fitted too (on all
+devices' rows), for devices unseen in training or whose own detector is not worth it
+(:mod:`anomstream.fitting`).
 
 Thresholds are calibrated on held-back normal data from the training range: each device's training rows are
 cut into ``calibration_folds`` consecutive blocks, each block is scored by a detector fitted on the others,
@@ -41,17 +43,23 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from anomstream.calibration import Calibration, calibrate
-from anomstream.detectors import Detector, detector_class, make_detector
+from anomstream.calibration import Calibration
+from anomstream.detectors import Detector, detector_class
 from anomstream.errors import ModelError, ModelIntegrityError
-from anomstream.features import FeaturePipeline, FeatureSpec, device_positions, trailing_max, trailing_mean
+from anomstream.features import (
+    BlockSums,
+    FeaturePipeline,
+    FeatureSpec,
+    device_positions,
+    trailing_max,
+)
+from anomstream.fitting import MIN_FIT_ROWS, FitJob, Fitted, Rows, pool_tails, postprocess, run_all, worse_than_global
 from anomstream.telemetry import TelemetryBatch
 
 logger = logging.getLogger(__name__)
 
 MANIFEST = "model.json"
 FORMAT_VERSION = 1
-MIN_FIT_ROWS = 20  # fewest rows a detector is fitted on (a device with fewer uses the global detector)
 # One normal reading in a thousand may be flagged: with the 20-reading alarm hold, about one false alarm per
 # 20,000 readings (5.5 hours at 1 Hz), the order of what alarm-management practice (ISA-18.2) asks of a loop.
 DEFAULT_TARGET_FAR = 0.001
@@ -83,6 +91,13 @@ class ModelConfig:
             calibrate on the last ``validation_fraction``.
         target_far: fraction of normal readings the threshold may flag (per reading, after smoothing and
             hold).
+        min_device_rows: with ``per_device``, fewest training readings a device needs for a detector of its
+            own (fewer: the global one scores it). 100 readings hold five alarm-hold spans of 20: fewer
+            leave a device's threshold to chance (50-reading device models flagged 27.5 % of a fleet's
+            normal readings).
+        pooled_tail: with ``per_device``, the devices' thresholds share one tail estimate
+            (:func:`anomstream.fitting.pool_tails`): a 0.1 % tail cannot be estimated from one device's
+            1,000 held-back scores, but from a fleet's it can.
     """
 
     rolling: int = 0
@@ -97,14 +112,17 @@ class ModelConfig:
     validation_fraction: float = 0.2
     calibration_folds: int = 5
     target_far: float = DEFAULT_TARGET_FAR
+    min_device_rows: int = 100
+    pooled_tail: bool = True
 
     def __post_init__(self) -> None:
         windows_ok = self.smoothing >= 1 and self.hold >= 1
-        windows_ok = windows_ok and self.calibration_folds >= 1 and self.baseline >= 0
+        windows_ok = windows_ok and self.calibration_folds >= 1 and self.baseline >= 0 and self.min_device_rows >= 1
         if not windows_ok or not 0.0 < self.validation_fraction < 1.0 or not 0.0 < self.target_far < 0.5:
             raise ModelError(
                 f"invalid model config: smoothing={self.smoothing}, hold={self.hold}, "
                 f"calibration_folds={self.calibration_folds} (>= 1), baseline={self.baseline} (>= 0), "
+                f"min_device_rows={self.min_device_rows} (>= 1), "
                 f"validation_fraction={self.validation_fraction} (in (0, 1)), "
                 f"target_far={self.target_far} (in (0, 0.5))"
             )
@@ -181,14 +199,18 @@ class ScoreResult:
     """Scores of a batch, one entry per row.
 
     Attributes:
-        score: ``(n,)`` anomaly score after smoothing and hold; higher is more anomalous.
-        threshold: ``(n,)`` the threshold that applies to the row's device.
+        score: ``(n,)`` anomaly score after smoothing and hold; higher is more anomalous. NaN for rows with a
+            ``known_raw`` score that no scored row's smoothing or hold reaches (history: inputs only).
+        threshold: ``(n,)`` the threshold that applies to the row's device (NaN where ``score`` is).
         flagged: ``(n,)`` ``score > threshold``.
         contributions: ``(n, C)`` share of each raw channel in the row's detector score (rows sum to 1);
             computed for flagged rows only unless asked for all (other rows are 0).
         raw_score: ``(n,)`` detector score before smoothing and hold.
         warming_up: ``(n,)`` the score depends on readings before the device's first one (never flagged).
         own_model: ``(n,)`` the device's own detector scored the row (else the global one).
+        expected: ``(n, C)`` per channel, the level the reading was judged against, in the channel's units
+            (:meth:`FeaturePipeline.transform_with_reference`): the baseline, or the training mean; NaN for
+            history rows, and empty with ``explain="none"``.
     """
 
     score: np.ndarray
@@ -198,6 +220,7 @@ class ScoreResult:
     raw_score: np.ndarray
     warming_up: np.ndarray
     own_model: np.ndarray
+    expected: np.ndarray
 
 
 class AnomalyModel:
@@ -247,6 +270,12 @@ class AnomalyModel:
         return self.pipeline.warm_up + self.config.score_reach
 
     @property
+    def baseline_step(self) -> int:
+        """Readings per block of the slow baseline; 0 when the model has none."""
+        spec = self.pipeline.spec
+        return spec.baseline_step if spec.baseline else 0
+
+    @property
     def per_device(self) -> bool:
         """Whether devices seen in training have their own detectors."""
         return bool(self.device_detectors)
@@ -259,6 +288,8 @@ class AnomalyModel:
         per_device: bool = False,
         seed: int = 0,
         params: dict[str, Any] | None = None,
+        jobs: int = 1,
+        cluster: str | None = None,
     ) -> AnomalyModel:
         """Fit features, detector(s) and thresholds on normal training rows.
 
@@ -270,6 +301,8 @@ class AnomalyModel:
             params: overrides: keys of ``ModelConfig`` change the features, smoothing or calibration, any
                 other key is a detector hyper-parameter. Defaults: ``DEFAULT_CONFIGS[detector]`` and
                 ``DEFAULT_DETECTOR_PARAMS[detector]``.
+            jobs: worker processes for the per-device fits (-1: one per core); the same models either way.
+            cluster: a Dask scheduler's address: the per-device fits run on its workers instead.
 
         Raises:
             ModelError: unknown detector or parameter, or too few training rows.
@@ -293,54 +326,55 @@ class AnomalyModel:
 
         folds = config.calibration_folds
         fold = np.minimum(folds - 1, (folds * position) // np.maximum(count, 1))
-
-        def fitted(rows: np.ndarray) -> Detector:
-            return make_detector(detector, **detector_params).fit(features[rows], seed=seed)
-
-        def processed_scores(model: Detector, rows: np.ndarray) -> np.ndarray:
-            return _postprocess(model.score(features[rows]), batch.device_id[rows], config)
-
-        def held_out_scores(rows: np.ndarray) -> np.ndarray:
-            """Post-processed scores of each fold's calibratable rows by a detector fitted without that fold."""
-            pooled = []
-            for k in range(folds):
-                mask = usable[rows] & (fold[rows] != k)
-                if mask.sum() >= MIN_FIT_ROWS:
-                    scores = processed_scores(fitted(rows[mask]), rows)
-                    pooled.append(scores[calibratable[rows] & (fold[rows] == k)])
-            return np.concatenate(pooled) if pooled else np.zeros(0)
-
-        def fit_one(rows: np.ndarray) -> tuple[Detector, float]:
-            """Detector and threshold for the rows with indices ``rows`` (ascending)."""
-            if folds > 1:
-                held_out, model = held_out_scores(rows), fitted(rows[usable[rows]])
-            else:
-                model = fitted(rows[fit_rows[rows]])
-                # Score the fit rows too: smoothing and hold of the first validation rows reach back into them.
-                held_out = processed_scores(model, rows)[validation_rows[rows]]
-            calibration = calibrate(held_out, config.target_far)
-            model.threshold_ = calibration.threshold
-            calibrations.append(calibration)
-            return model, calibration.threshold
-
-        calibrations: list[Calibration] = []
-
-        global_detector, global_threshold = fit_one(np.arange(len(batch)))
+        rows = Rows(features, batch.device_id, usable, calibratable, fold, fit_rows, validation_rows)
+        job = FitJob(detector, detector_params, config, seed)
+        fitted_global = job.run(rows)
+        global_detector, global_threshold = fitted_global.detector, fitted_global.calibration.threshold
+        calibrations = [fitted_global.calibration]
         device_detectors: dict[str, Detector] = {}
         device_thresholds: dict[str, float] = {}
+        on_global = {"too_few_rows": 0, "worse_than_global": 0}
+        kept: list[tuple[str, Fitted]] = []
+        pooled_summary: dict[str, Any] | None = None
         if per_device:
             codes, devices = pd.factorize(batch.device_id)
-            for code, rows in _groups(codes):
-                device = devices[code]
-                if fit_rows[rows].sum() < MIN_FIT_ROWS:
-                    logger.info("device %s has too few training rows: it uses the global detector", device)
+            groups = _groups(codes)
+            if len(devices) == 1:
+                # Same rows, same seed: the device's detector would be the global one again.
+                only = str(devices[0])
+                device_detectors[only], device_thresholds[only] = global_detector, global_threshold
+                groups = []
+            enough = [
+                (code, index)
+                for code, index in groups
+                if count[index[0]] >= config.min_device_rows and fit_rows[index].sum() >= MIN_FIT_ROWS
+            ]
+            on_global["too_few_rows"] = len(groups) - len(enough)
+            fits = run_all(job, [rows.take(index) for _, index in enough], jobs, cluster)
+            for (code, index), own in zip(enough, fits, strict=True):
+                global_held_out = fitted_global.held_out[index]
+                target = config.target_far
+                if folds > 1 and worse_than_global(own, global_held_out, global_threshold, fold[index], target):
+                    on_global["worse_than_global"] += 1
                     continue
-                if len(devices) == 1:
-                    # Same rows, same seed: the device's detector would be the global one again.
-                    device_detectors[str(device)] = global_detector
-                    device_thresholds[str(device)] = global_threshold
-                    continue
-                device_detectors[str(device)], device_thresholds[str(device)] = fit_one(rows)
+                kept.append((str(devices[code]), own))
+            own_calibrations = {device: own.calibration for device, own in kept}
+            if config.pooled_tail and len(kept) >= 2:
+                pooled = pool_tails(kept, config.target_far)
+                own_calibrations, pooled_summary = pooled.calibrations, pooled.calibration.to_dict()
+            for device, own in kept:
+                device_detectors[device] = own.detector
+                device_thresholds[device] = own.detector.threshold_ = own_calibrations[device].threshold
+            calibrations += own_calibrations.values()
+            if on_global["too_few_rows"] or on_global["worse_than_global"]:
+                logger.info(
+                    "%d devices score with the global detector: %d with fewer than %d training rows, %d whose own "
+                    "detector flagged more held-back readings than the global one",
+                    sum(on_global.values()),
+                    on_global["too_few_rows"],
+                    config.min_device_rows,
+                    on_global["worse_than_global"],
+                )
         logger.info(
             "fitted %s on %d rows (%d devices with their own detector), threshold %.6g",
             detector,
@@ -348,6 +382,11 @@ class AnomalyModel:
             len(device_detectors),
             global_threshold,
         )
+        summary = _calibration_summary(calibrations, config.target_far)
+        if per_device:
+            summary["devices_on_global"] = on_global
+        if pooled_summary is not None:
+            summary["pooled_tail"] = pooled_summary
         return cls(
             detector,
             config,
@@ -358,11 +397,15 @@ class AnomalyModel:
             device_detectors,
             device_thresholds,
             seed,
-            _calibration_summary(calibrations, config.target_far),
+            summary,
         )
 
     def score(
-        self, batch: TelemetryBatch, explain: str = "flagged", known_raw: np.ndarray | None = None
+        self,
+        batch: TelemetryBatch,
+        explain: str = "flagged",
+        known_raw: np.ndarray | None = None,
+        baseline: BlockSums | None = None,
     ) -> ScoreResult:
         """Score every row of ``batch`` (history rows first, then new rows).
 
@@ -374,6 +417,9 @@ class AnomalyModel:
                 call), NaN where not: those rows skip the detector. The streaming scorer passes its history
                 rows' scores so that each reading goes through the detector once, however many batches it
                 stays in history.
+            baseline: the slow baseline's blocks of earlier readings (the streaming scorer's
+                :class:`~anomstream.features.BlockSums`; rows of ``batch`` already summed in them are not
+                added again); without them, the blocks come from ``batch`` alone.
         """
         if explain not in ("flagged", "all", "none"):
             raise ModelError(f"explain={explain!r}: use 'flagged', 'all' or 'none'")
@@ -384,29 +430,38 @@ class AnomalyModel:
         # Rows whose features are used: those the detector scores, and the rows in their windows.
         needed = np.ones(n, bool) if explain == "all" else unknown
         if self.config.window > 1:
-            needed = trailing_max(needed[::-1].astype(np.float64), batch.device_id[::-1], self.config.window)[::-1] > 0
-        features = self.pipeline.transform(batch, needed=needed)
-        route = self._route(batch.device_id)
-        threshold = np.empty(n)
+            needed = _reach_back(needed, batch.device_id, self.config.window - 1)
+        features, expected = self.pipeline.transform_with_reference(batch, needed, baseline, explain != "none")
+        # Rows whose smoothed, held scores are asked for: those the detector scores and, in "all", every row;
+        # the others (history) are inputs to them only.
+        wanted = np.ones(n, bool) if explain == "all" else unknown
+        live = np.flatnonzero(_reach_back(wanted, batch.device_id, self.config.score_reach))
+        live_device = batch.device_id[live]
+        route = self._route(live_device)
+        threshold = np.full(n, np.nan)
+        own_model = np.zeros(n, bool)
+        own_model[live] = route > 0
         detectors = self._detectors()
         for index, rows in _groups(route):
-            detector, threshold[rows] = detectors[index]
-            rows = rows[unknown[rows]]
+            detector, threshold[live[rows]] = detectors[index]
+            rows = live[rows[unknown[live[rows]]]]
             # Windows (conv-ae) reach the detector as they are; other detectors would see them via np.asarray.
             if len(rows) == n:  # the usual batch of one global model: no copy of the features
                 raw[:] = detector.score(features)  # type: ignore[arg-type]
             elif len(rows):
                 raw[rows] = detector.score(features[rows])
-        score = _postprocess(raw, batch.device_id, self.config)
+        score = np.full(n, np.nan)
+        score[live] = postprocess(raw[live], live_device, self.config.smoothing, self.config.hold)
         warming_up = device_positions(batch.device_id)[0] < self.warm_up
         flagged = (score > threshold) & ~warming_up
         if explained is None:
             explained = flagged & unknown  # rows with known scores are the caller's history: not explained
         contributions = np.zeros((n, len(self.channels)))
-        for index, rows in _groups(np.where(explained, route, -1)):
+        explained_live = explained[live]
+        for index, rows in _groups(np.where(explained_live, route, -1)):
             if index >= 0:
-                contributions[rows] = self._channel_shares(detectors[index][0], features[rows])
-        return ScoreResult(score, threshold, flagged, contributions, raw, warming_up, route > 0)
+                contributions[live[rows]] = self._channel_shares(detectors[index][0], features[live[rows]])
+        return ScoreResult(score, threshold, flagged, contributions, raw, warming_up, own_model, expected)
 
     def save(self, directory: str | Path) -> list[str]:
         """Write the model into ``directory``; return the files written, relative to it."""
@@ -457,7 +512,7 @@ class AnomalyModel:
             loaded: dict[str, Detector] = {"global": cls_.load(directory / "global", device=device)}
             for entry in manifest["devices"].values():
                 if entry["folder"] not in loaded:
-                    loaded[entry["folder"]] = cls_.load(directory / entry["folder"], device=device)
+                    loaded[entry["folder"]] = cls_.load(_inside(directory, entry["folder"]), device=device)
             return cls(
                 manifest["detector"],
                 ModelConfig.from_dict(manifest["config"]),
@@ -498,6 +553,15 @@ class AnomalyModel:
         return np.where(total > 0, per_channel / np.where(total > 0, total, 1.0), uniform)
 
 
+def _inside(directory: Path, relative: str) -> Path:
+    """``directory / relative``, refused when it leads outside ``directory`` (a crafted manifest's ``../``
+    or absolute path would load files no checksum covers)."""
+    path = directory / relative
+    if Path(relative).is_absolute() or not path.resolve().is_relative_to(directory.resolve()):
+        raise ModelIntegrityError(f"{directory / MANIFEST} names device folder {relative!r}, outside the model")
+    return path
+
+
 def _split_params(detector: str, params: dict[str, Any]) -> tuple[ModelConfig, dict[str, Any]]:
     """Defaults for ``detector`` overridden by ``params``: config keys and detector hyper-parameters."""
     config_keys = {f.name for f in fields(ModelConfig)}
@@ -510,9 +574,11 @@ def _split_params(detector: str, params: dict[str, Any]) -> tuple[ModelConfig, d
     return config, detector_params
 
 
-def _postprocess(raw: np.ndarray, device_id: np.ndarray, config: ModelConfig) -> np.ndarray:
-    """Causal per-device smoothing (trailing mean) then alarm hold (trailing max) of detector scores."""
-    return trailing_max(trailing_mean(raw, device_id, config.smoothing), device_id, config.hold)
+def _reach_back(wanted: np.ndarray, device_id: np.ndarray, reach: int) -> np.ndarray:
+    """Rows that are ``wanted`` or within ``reach`` readings before a wanted row of the same device."""
+    if wanted.all():
+        return wanted
+    return trailing_max(wanted[::-1].astype(np.float64), device_id[::-1], reach + 1)[::-1] > 0  # type: ignore[no-any-return]
 
 
 def _calibration_summary(calibrations: list[Calibration], target_far: float) -> dict[str, Any]:

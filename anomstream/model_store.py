@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import hmac
 import json
 import logging
 import os
@@ -63,6 +64,7 @@ MANIFEST = "manifest.json"
 CURRENT = "CURRENT"
 LATEST = "LATEST"
 MANIFEST_FORMAT = "anomstream-model/1"
+SIGNATURE = "signature"  # manifest key of the version's HMAC-SHA256 (with a signing key)
 PROMOTE_MODES = ("auto", "always", "never")
 Promote = Literal["auto", "always", "never"]
 _LOCK = ".lock"
@@ -117,10 +119,14 @@ class ModelStore:
 
     Args:
         root: the store's folder; created on first publication.
+        signing_key: with a key, every version published is signed (HMAC-SHA256 of its manifest, which holds
+            the sha256 of every file), and a version that is unsigned or signed otherwise is refused when
+            loaded or verified: checksums stop damage, the signature stops a writer without the key.
     """
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, signing_key: bytes | None = None) -> None:
         self.root = Path(root)
+        self.signing_key = signing_key or None
 
     def names(self) -> list[str]:
         """Model names with at least one version, sorted."""
@@ -183,6 +189,7 @@ class ModelStore:
         """
         folder = self._existing(name, version)
         manifest = _read_manifest(folder)
+        self._check_signature(folder, manifest)
         _verify_files(folder, manifest)
         return manifest
 
@@ -200,6 +207,7 @@ class ModelStore:
                 raise ModelError(f"model {name!r} has no current version (stored: {known}); promote one")
         folder = self._existing(name, version)
         manifest = _read_manifest(folder)
+        self._check_signature(folder, manifest)
         # Load from a private copy of the bytes that were verified: a file replaced on the shared folder
         # between the check and the load cannot slip in.
         with tempfile.TemporaryDirectory(prefix="anomstream-model-") as private:
@@ -247,6 +255,8 @@ class ModelStore:
             try:
                 manifest = _write_version(staging, name, version, model, extra, attachments)
                 manifest["promotion"] = {"mode": promote, "made_current": make_current, "reason": reason}
+                if self.signing_key is not None:
+                    manifest[SIGNATURE] = {"algorithm": "hmac-sha256", "value": _sign(manifest, self.signing_key)}
                 _write_json(staging / MANIFEST, manifest)
                 _fsync_tree(staging)
                 _verify_staged(staging, manifest, model, probe)
@@ -309,6 +319,22 @@ class ModelStore:
         raise ModelError(f"model {name!r} has no earlier current version to roll back to")
 
     # -- internals ------------------------------------------------------------------------------------------
+
+    def _check_signature(self, folder: Path, manifest: dict[str, Any]) -> None:
+        """With a signing key: the manifest must carry a signature made with it."""
+        if self.signing_key is None:
+            return
+        signature = manifest.get(SIGNATURE)
+        if not isinstance(signature, dict) or "value" not in signature:
+            raise ModelIntegrityError(
+                f"{folder / MANIFEST} is not signed, and a signing key is set: refused (sign it by publishing "
+                "it again with ANOMSTREAM_MODEL_SIGNING_KEY)"
+            )
+        if not hmac.compare_digest(str(signature["value"]), _sign(manifest, self.signing_key)):
+            raise ModelIntegrityError(
+                f"{folder / MANIFEST} has a signature that does not match: altered, or signed with another key; "
+                "refused"
+            )
 
     def _name_dir(self, name: str) -> Path:
         if not _NAME.match(name):
@@ -527,6 +553,13 @@ def _write_version(
     manifest["libraries"] = _library_versions()
     manifest["files"] = files
     return manifest
+
+
+def _sign(manifest: dict[str, Any], key: bytes) -> str:
+    """HMAC-SHA256 of the manifest without its signature, as canonical JSON (sorted keys, no spaces)."""
+    body = {k: v for k, v in manifest.items() if k != SIGNATURE}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str).encode()
+    return hmac.new(key, canonical, hashlib.sha256).hexdigest()
 
 
 def _files_of(folder: Path) -> list[str]:

@@ -100,6 +100,8 @@ class AnomalyColumns:
         label: ``(n,)`` int8 ground truth of the input, ``NO_LABEL`` for none.
         scored_at_ms: when the scorer flagged them (scalar or ``(n,)``, epoch ms).
         scored_by: ``(n,)`` object array, ``"device"`` (the device's own detector) or ``"global"``.
+        observed: ``(n, C)`` the readings of ``channels``; None for none.
+        expected: ``(n, C)`` per channel the level the reading was judged against; None for none.
     """
 
     device_id: np.ndarray
@@ -117,6 +119,8 @@ class AnomalyColumns:
     label: np.ndarray
     scored_at_ms: np.ndarray | int
     scored_by: np.ndarray | None = None  # None: all "global"
+    observed: np.ndarray | None = None
+    expected: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.device_id)

@@ -14,11 +14,13 @@ logger = logging.getLogger(__name__)
 
 
 def system_topics(topics: TopicSettings, replication_factor: int = 1) -> list[NewTopic]:
-    """The four topics of DESIGN.md: telemetry, anomalies, dead letters, and compacted model announcements."""
+    """The topics of the data flow: telemetry, anomalies, incidents, dead letters, and compacted model
+    announcements."""
     partitions = topics.telemetry_partitions
     return [
         NewTopic(topics.telemetry_topic, partitions, replication_factor),
         NewTopic(topics.anomaly_topic, partitions, replication_factor),
+        NewTopic(topics.incident_topic, partitions, replication_factor),
         NewTopic(topics.dlq_topic, 1, replication_factor),
         NewTopic(topics.models_topic, 1, replication_factor, config={"cleanup.policy": "compact"}),
     ]

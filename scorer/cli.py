@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     )
     log.info("scoring with %s", masked(settings))
     with StopOnSignals() as signals:
-        scorer = Scorer(settings, kafka, topics, ModelStore(store.model_dir), stop=signals.event)
+        scorer = Scorer(settings, kafka, topics, ModelStore(store.model_dir, store.store_key()), stop=signals.event)
         report = scorer.run()
         if signals.signal_name:
             report.stopped_by = signals.signal_name

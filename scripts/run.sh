@@ -22,10 +22,10 @@ run=demo_$(date +%Y%m%d_%H%M%S)
 out=out/$run
 mkdir -p "$out"
 export ANOMSTREAM_TELEMETRY_TOPIC=${run}_telemetry ANOMSTREAM_ANOMALY_TOPIC=${run}_anomalies
-export ANOMSTREAM_DLQ_TOPIC=${run}_dlq ANOMSTREAM_MODELS_TOPIC=${run}_models
+export ANOMSTREAM_DLQ_TOPIC=${run}_dlq ANOMSTREAM_MODELS_TOPIC=${run}_models ANOMSTREAM_INCIDENT_TOPIC=${run}_incidents
 export ANOMSTREAM_MODEL_DIR=$out/models
 anomstream stack up >/dev/null 2>&1   # creates this run's topics
-echo "topics ${run}_{telemetry,anomalies,dlq,models}; model store $ANOMSTREAM_MODEL_DIR; logs in $out/"
+echo "topics ${run}_{telemetry,anomalies,incidents,dlq,models}; model store $ANOMSTREAM_MODEL_DIR; logs in $out/"
 
 # One model serves one channel set, so the demo streams one kind of device: the labelled SKAB pumps, or,
 # where that data is absent, a synthetic fleet with injected anomalies. (Records lacking the model's
@@ -61,4 +61,6 @@ trap - EXIT
 
 say "6/6 summary"
 anomstream tail --json --timeout 10 >"$out/anomalies.jsonl" 2>/dev/null
-python -m anomstream.run_summary --anomalies "$out/anomalies.jsonl" --scorer-logs "$out"/scorer-*.log
+anomstream tail --incidents --json --timeout 10 >"$out/incidents.jsonl" 2>/dev/null
+python -m anomstream.run_summary --anomalies "$out/anomalies.jsonl" --incidents "$out/incidents.jsonl" \
+  --scorer-logs "$out"/scorer-*.log

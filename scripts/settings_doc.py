@@ -10,6 +10,7 @@ import json
 
 from pydantic_settings import BaseSettings
 
+from anomstream.alerting import AlertSettings
 from anomstream.config import PROJECT_ROOT, KafkaSettings, ModelStoreSettings, TopicSettings, _env_name
 from anomstream.producer import ProducerSettings
 from anomstream.scoring.settings import ScorerSettings
@@ -23,6 +24,7 @@ SECTIONS: list[tuple[str, type[BaseSettings]]] = [
     ("producer (`anomstream produce`)", ProducerSettings),
     ("trainer (`anomstream train`)", TrainSettings),
     ("scorer (`anomstream score`)", ScorerSettings),
+    ("alerting (`anomstream alert`)", AlertSettings),
     ("local stack (`anomstream stack`)", StackSettings),
 ]
 

@@ -97,7 +97,7 @@ def topic(stack: Stack, request: pytest.FixtureRequest) -> Iterator[str]:
 
 @pytest.fixture
 def topics(stack: Stack, request: pytest.FixtureRequest) -> Iterator[TopicSettings]:
-    """A fresh set of the system's four topics (telemetry, anomalies, dlq, models), deleted afterwards."""
+    """A fresh set of the system's topics (telemetry, anomalies, incidents, dlq, models), deleted afterwards."""
     from anomstream.topics import delete_topics, ensure_topics, system_topics
 
     base = _fresh_name(request)
@@ -106,13 +106,11 @@ def topics(stack: Stack, request: pytest.FixtureRequest) -> Iterator[TopicSettin
         anomaly_topic=f"{base}_anomalies",
         dlq_topic=f"{base}_dlq",
         models_topic=f"{base}_models",
+        incident_topic=f"{base}_incidents",
     )
     ensure_topics(stack.kafka_settings, system_topics(settings))
     yield settings
-    delete_topics(
-        stack.kafka_settings,
-        [settings.telemetry_topic, settings.anomaly_topic, settings.dlq_topic, settings.models_topic],
-    )
+    delete_topics(stack.kafka_settings, [t.topic for t in system_topics(settings)])
 
 
 @pytest.fixture
@@ -123,5 +121,6 @@ def topic_env(stack: Stack, topics: TopicSettings, tmp_path: Path) -> dict[str, 
         ANOMSTREAM_ANOMALY_TOPIC=topics.anomaly_topic,
         ANOMSTREAM_DLQ_TOPIC=topics.dlq_topic,
         ANOMSTREAM_MODELS_TOPIC=topics.models_topic,
+        ANOMSTREAM_INCIDENT_TOPIC=topics.incident_topic,
         ANOMSTREAM_MODEL_DIR=str(tmp_path / "models"),
     )

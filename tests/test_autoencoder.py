@@ -260,6 +260,19 @@ def test_weights_of_another_architecture_are_refused(dense_fitted: DenseAutoenco
         DenseAutoencoder.load(tmp_path)
 
 
+def test_a_description_of_a_huge_network_is_refused_before_any_memory_is_taken(
+    dense_fitted: DenseAutoencoder, tmp_path: Path
+) -> None:
+    # 4e10 weights (160 GB) described beside a small weights file: compared on torch's meta device, refused
+    dense_fitted.save(tmp_path)
+    meta_path = tmp_path / "dense-ae.json"
+    meta = json.loads(meta_path.read_text())
+    meta["params"]["hidden"] = [200_000, 200_000]
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match="layer shapes differ"):
+        DenseAutoencoder.load(tmp_path)
+
+
 def test_garbage_metadata_is_refused(dense_fitted: DenseAutoencoder, tmp_path: Path) -> None:
     dense_fitted.save(tmp_path)
     (tmp_path / "dense-ae.json").write_text("{not json")

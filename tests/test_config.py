@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
+import sys
 
 import pytest
 
-from anomstream.config import KafkaSettings, add_settings_arguments, parse_settings
+from anomstream.config import KafkaSettings, add_settings_arguments, mask_secrets, masked, parse_settings
 from anomstream.errors import ConfigError
 from anomstream.trainer import TrainSettings
 
@@ -59,3 +63,37 @@ def test_an_invalid_value_is_one_line_naming_command_and_field(monkeypatch: pyte
     with pytest.raises(ConfigError, match=r"^invalid tail settings: SCHEMA_REGISTRY_TIMEOUT_S: .*number") as caught:
         parse_settings(parser.parse_args([]), "tail", KafkaSettings)
     assert "\n" not in str(caught.value)
+
+
+SECRETS = {
+    "ANOMSTREAM_KAFKA_EXTRA_CONFIG": json.dumps({
+        "security.protocol": "SASL_SSL", "sasl.mechanism": "SCRAM-SHA-512", "sasl.username": "svc",
+        "sasl.password": "hunter2-sasl", "ssl.key.password": "hunter2-key",
+        "sasl.jaas.config": 'org.apache.kafka.common.security.scram.ScramLoginModule required password="hunter2-jaas";',
+        "ssl.key.pem": "-----BEGIN PRIVATE KEY----- hunter2-pem", "sasl.oauthbearer.client.secret": "hunter2-oauth",
+    }),  # fmt: skip
+    "SCHEMA_REGISTRY_URL": "https://reader:hunter2-url@registry.example:8081/apis/ccompat/v7",
+    "SCHEMA_REGISTRY_BASIC_AUTH": "reader:hunter2-basic",
+    "KAFKA_BOOTSTRAP_SERVERS": "broker.example:9093",
+}
+COMMANDS = [["produce"], ["train"], ["score"], ["tail"], ["alert"], ["models", "list"], ["eval", "skab"],
+            ["eval", "nab"], ["stack", "up"], ["stack", "env"]]  # fmt: skip
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
+def test_no_help_prints_a_secret_from_the_environment(command: list[str]) -> None:
+    result = subprocess.run([sys.executable, "-m", "anomstream", *command, "--help"], capture_output=True,
+                            text=True, env=os.environ | SECRETS, timeout=120)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "hunter2" not in result.stdout + result.stderr
+    if command[0] in ("produce", "score", "tail", "alert"):  # the settings are shown, masked
+        assert "sasl.username" in result.stdout and "***" in result.stdout
+
+
+def test_logged_settings_mask_every_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in SECRETS.items():
+        monkeypatch.setenv(name, value)
+    shown = json.dumps(masked(KafkaSettings()), default=str)
+    assert "hunter2" not in shown
+    assert "reader:***@registry.example" in shown and '"sasl.username": "svc"' in shown
+    assert mask_secrets("not a url") == "not a url" and mask_secrets('{"broken": ') == '{"broken": '

@@ -85,6 +85,31 @@ def test_random_batches_with_context_history_equal_whole_sequence_exactly(spec, 
     assert not np.isnan(whole).any()
 
 
+@pytest.mark.parametrize(
+    "spec", SPECS[3:], ids=lambda s: f"r{s.rolling}w{s.window}d{int(s.detrend_persistent)}b{s.baseline}"
+)
+def test_features_of_only_the_needed_rows_equal_the_whole_sequence(spec):
+    # The scorer asks for the new rows' features only (and their windows'); history rows are inputs.
+    batch = fleet(3000, devices=5, seed=3, nan_fraction=0.02)
+    pipeline = FeaturePipeline(spec).fit(batch.take(slice(0, 1500)), per_device=True)
+    whole = np.asarray(pipeline.transform(batch))
+
+    def new_rows_only(full: TelemetryBatch, new: int) -> np.ndarray:
+        is_new = (np.arange(len(full)) >= len(full) - new).astype(np.float64)
+        needed = trailing_max(is_new[::-1], full.device_id[::-1], spec.window)[::-1] > 0
+        return np.asarray(pipeline.transform(full, needed=needed))
+
+    cuts = np.r_[0, np.sort(np.random.default_rng(8).choice(np.arange(1, len(batch)), 40, replace=False)), len(batch)]
+    parts, history = [], None
+    for start, stop in zip(cuts[:-1], cuts[1:], strict=True):
+        new = batch.take(slice(start, stop))
+        full = new if history is None else TelemetryBatch.concat([history, new])
+        parts.append(new_rows_only(full, len(new))[len(full) - len(new) :])
+        position, count = device_positions(full.device_id)
+        history = full.take(position >= count - pipeline.context)
+    assert np.array_equal(np.concatenate(parts), whole, equal_nan=True)
+
+
 def test_slow_baseline_follows_drift_but_not_a_fault_shorter_than_half_of_it():
     n = 3000
     rng = np.random.default_rng(4)
@@ -97,7 +122,8 @@ def test_slow_baseline_follows_drift_but_not_a_fault_shorter_than_half_of_it():
     spec = FeatureSpec(channels=("x",), rolling=10, raw=False, rolling_stats=("mean",), standardise=False,
                        baseline=1000)  # fmt: skip
     level = FeaturePipeline(spec).fit(batch.take(slice(0, 400))).transform(batch)[:, 0]
-    assert spec.warm_up == 9 and spec.context == 10 + 980 + 9  # the last sample's window: 990 back, 10 long
+    # the first reading of the oldest of 50 blocks of 20 before the block of the window's first reading
+    assert spec.warm_up == 9 and spec.context == (10 - 1) + 19 + 50 * 20
     normal_before, in_fault, after = level[1100:1990], level[2020:2300], level[2320:]
     assert np.abs(normal_before).max() < 8.0  # the drift is followed: levels stay near the recent median
     assert in_fault.min() > 5.0  # the whole fault stands out: the median never learnt it

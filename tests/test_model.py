@@ -10,7 +10,8 @@ import pytest
 
 from anomstream.calibration import calibrate
 from anomstream.errors import ModelError, ModelIntegrityError
-from anomstream.features import baseline_lags, device_positions
+from anomstream.features import BASELINE_SAMPLES, device_positions
+from anomstream.fitting import Fitted, pool_tails, worse_than_global
 from anomstream.model import DEFAULT_CONFIGS, MANIFEST, AnomalyModel, ModelConfig
 from anomstream.telemetry import TelemetryBatch
 
@@ -68,6 +69,60 @@ def test_a_device_with_few_training_rows_uses_the_global_detector():
     assert (rare.threshold == model.global_threshold).all()
 
 
+def test_a_device_with_fewer_than_min_device_rows_uses_the_global_detector_and_is_counted():
+    batch = TelemetryBatch.concat([readings(FLEET, 3000, seed=3), readings({"pump-short": 100.0}, 150, seed=14)])
+    kept = AnomalyModel.fit(batch, "pca", per_device=True, params={"min_device_rows": 150})
+    short = AnomalyModel.fit(batch, "pca", per_device=True, params={"min_device_rows": 151})
+    assert "pump-short" in kept.device_detectors and "pump-short" not in short.device_detectors
+    assert short.calibration["devices_on_global"]["too_few_rows"] == 1
+    probe = readings({"pump-short": 100.0}, 80, seed=5)
+    assert not short.score(probe).own_model.any() and kept.score(probe).own_model[kept.warm_up :].all()
+
+
+def test_a_device_whose_own_detector_flags_more_held_back_readings_than_the_global_one_uses_the_global_one():
+    # pump-odd's last training stretch steps away from the rest of its training rows: its own detector, fitted
+    # without that stretch, flags it; the global detector, which has seen a level like it in another
+    # device's rows, does not. Its own detector is not worth keeping.
+    rng = np.random.default_rng(8)
+    fleet = readings(FLEET, 3000, seed=8)
+    odd = readings({"pump-odd": 100.0}, 1000, seed=9)
+    values = odd.values.copy()
+    values[800:] = values[800:] * 1.5 + rng.normal(size=(200, 3))
+    odd = TelemetryBatch(odd.device_id, odd.event_time_ms, odd.seq, odd.channels, values, odd.label)
+    params = {"baseline": 0, "detrend_persistent": False}
+    model = AnomalyModel.fit(TelemetryBatch.concat([fleet, odd]), "pca", per_device=True, params=params)
+    assert "pump-odd" not in model.device_detectors
+    assert set(model.device_detectors) == set(FLEET)
+    assert model.calibration["devices_on_global"] == {"too_few_rows": 0, "worse_than_global": 1}
+
+
+def test_worse_than_global_compares_flags_on_the_last_held_back_block():
+    fold = np.repeat(np.arange(5), 100)
+    calm = np.random.default_rng(10).normal(size=500)
+    global_scores = calm.copy()
+
+    def own(held_out: np.ndarray) -> Fitted:
+        return Fitted(detector=None, calibration=calibrate(held_out, 0.01), held_out=held_out)  # type: ignore[arg-type]
+
+    assert not worse_than_global(own(calm), global_scores, 10.0, fold, 0.01)  # neither flags anything
+    jumpy = calm.copy()
+    jumpy[fold == 4] += 10.0  # its own detector finds its last block unlike its others
+    assert worse_than_global(own(jumpy), global_scores, 10.0, fold, 0.01)
+    assert not worse_than_global(own(jumpy), global_scores + 20.0, 10.0, fold, 0.01)  # the global one flags all
+
+
+@pytest.mark.parametrize("detector", ["iforest", "pca"])
+def test_per_device_fits_in_worker_processes_give_the_same_models(detector):
+    batch = readings(FLEET, 3000, seed=11)
+    params = FAST_IFOREST if detector == "iforest" else {}
+    here = AnomalyModel.fit(batch, detector, per_device=True, seed=2, params=params, jobs=1)
+    workers = AnomalyModel.fit(batch, detector, per_device=True, seed=2, params=params, jobs=2)
+    assert here.device_thresholds == workers.device_thresholds
+    probe = readings(FLEET, 900, seed=12)
+    first, second = here.score(probe, explain="all"), workers.score(probe, explain="all")
+    assert np.array_equal(first.score, second.score) and np.array_equal(first.contributions, second.contributions)
+
+
 def test_a_device_model_is_the_same_trained_with_the_fleet_or_alone():
     fleet = readings(FLEET, 3000, seed=6)
     alone = fleet.take(fleet.device_id == "pump-b")
@@ -77,7 +132,29 @@ def test_a_device_model_is_the_same_trained_with_the_fleet_or_alone():
     probe = readings({"pump-b": 100.0}, 400, seed=7)
     first, second = with_fleet.score(probe), by_itself.score(probe)
     assert np.array_equal(first.score, second.score)
-    assert np.array_equal(first.threshold, second.threshold)
+    # Its threshold shares the fleet's tail estimate; calibrated on its own, it is the same too.
+    assert not np.array_equal(first.threshold, second.threshold)
+    own_tail = AnomalyModel.fit(fleet, "iforest", per_device=True, seed=0, params={**params, "pooled_tail": False})
+    assert np.array_equal(own_tail.score(probe).threshold, second.threshold)
+
+
+def test_pooled_tails_give_each_device_the_target_rate_from_a_fleet_of_short_histories():
+    # 20 devices, 1,000 held-back scores each: the same tail shape at its own location and scale. Alone, a
+    # device's 0.1 % quantile is an extrapolation from one or two scores; pooled, 20,000 scores show it.
+    rng = np.random.default_rng(21)
+    centre, spread = rng.uniform(0, 10, 20), rng.uniform(0.5, 5, 20)
+    fits = [
+        (f"d{i}", Fitted(None, calibrate(h, 0.001), h))  # type: ignore[arg-type]
+        for i, h in enumerate(c + s * rng.standard_gamma(2.0, 1000) for c, s in zip(centre, spread, strict=True))
+    ]
+    pooled = pool_tails(fits, 0.001)
+    assert pooled.calibration.method == "empirical" and pooled.calibration.samples == 20_000
+    fresh = [c + s * rng.standard_gamma(2.0, 200_000) for c, s in zip(centre, spread, strict=True)]
+    rates = np.array([(f > pooled.thresholds[f"d{i}"]).mean() for i, f in enumerate(fresh)])
+    own = np.array([(f > fitted.calibration.threshold).mean() for f, (_, fitted) in zip(fresh, fits, strict=True)])
+    assert 0.0005 < rates.mean() < 0.002 and rates.max() < 0.004  # each device near the target
+    assert abs(np.log(rates.mean() / 0.001)) < abs(np.log(own.mean() / 0.001))  # nearer than alone
+    assert {d: c.threshold for d, c in pooled.calibrations.items()} == pooled.thresholds
 
 
 def test_scores_do_not_depend_on_batch_boundaries_given_context_history(fleet_model):
@@ -201,7 +278,8 @@ def test_context_counts_features_smoothing_and_hold():
     warm_up = (config.rolling - 1) + config.rolling + (config.smoothing - 1) + (config.hold - 1)
     assert model.warm_up == warm_up
     # history also holds the slow baseline before the rolling window
-    oldest = baseline_lags(config.rolling, config.baseline)[-1] + config.rolling - 1
+    step = config.baseline // BASELINE_SAMPLES
+    oldest = (config.rolling - 1) + (step - 1) + BASELINE_SAMPLES * step
     assert model.context == oldest + (config.smoothing - 1) + (config.hold - 1)
 
 
@@ -217,3 +295,21 @@ def test_bad_requests_fail_with_model_errors(tmp_path):
         ModelConfig(smoothing=0)
     with pytest.raises(ModelIntegrityError):
         AnomalyModel.load(tmp_path)
+
+
+def test_flagged_readings_say_what_was_expected_and_which_way_they_went():
+    # pump-a's levels are 10, 5 and 1; a 200-reading fault pushes the first channel up by 30 %.
+    batch = readings({"pump-a": 10.0}, 3000, seed=21)
+    model = AnomalyModel.fit(batch.take(slice(0, 1500)), "pca")
+    values = batch.values.copy()
+    values[2000:2200, 0] *= 1.3
+    faulty = TelemetryBatch(batch.device_id, batch.event_time_ms, batch.seq, CHANNELS, values, batch.label)
+    result = model.score(faulty, explain="flagged")
+    flagged = np.flatnonzero(result.flagged)
+    in_fault = flagged[(flagged >= 2010) & (flagged < 2200)]
+    assert len(in_fault) > 100
+    expected = result.expected[in_fault]
+    # judged against the slow baseline of the readings before the fault: each channel's normal level
+    assert np.allclose(expected.mean(axis=0), [10.0, 5.0, 1.0], rtol=0.02)
+    assert (values[in_fault, 0] > expected[:, 0]).mean() > 0.95  # the faulty channel is above it
+    assert model.score(faulty, explain="none").expected.shape == (0, 3)

@@ -12,7 +12,7 @@ from typing import Any
 from anomstream.detectors.base import Detector
 from anomstream.errors import ModelError
 
-# name -> (module, class); the names are part of the command-line contract (DESIGN.md).
+# name -> (module, class); the names are part of the command-line contract (docs/design.md).
 _REGISTRY: dict[str, tuple[str, str]] = {
     "iforest": ("anomstream.detectors.iforest", "IsolationForestDetector"),
     "pca": ("anomstream.detectors.pca", "PCADetector"),

@@ -358,6 +358,21 @@ class _TorchAutoencoder(Detector):
             ) from exc
         if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
             raise ModelError(f"{weights_path}: not a state_dict of tensors; restore the model or re-train")
+        # The description says how big a network to build; the weights file says how big it is. Compare the two
+        # on the meta device (shapes only, nothing allocated) before building it: a crafted description of
+        # a huge network is refused here instead of exhausting memory.
+        try:
+            with torch.device("meta"):
+                outline = detector._build_network(input_shape)
+        except (ValueError, TypeError, RuntimeError) as exc:
+            raise ModelError(f"{meta_path}: describes no buildable {cls.name} ({_first_line(exc)})") from exc
+        described = {k: tuple(v.shape) for k, v in outline.state_dict().items()}
+        stored = {k: tuple(v.shape) for k, v in state.items()}
+        if described != stored:
+            raise ModelError(
+                f"{weights_path}: weights do not fit the network described in {meta_path} (layer shapes "
+                f"differ: {len(described)} described, {len(stored)} stored); restore the model or re-train"
+            )
         network = detector._build_network(input_shape)
         try:
             network.load_state_dict(state, strict=True)
