@@ -44,12 +44,14 @@ import numpy as np
 import pandas as pd
 
 from anomstream.calibration import Calibration
-from anomstream.detectors import Detector, detector_class
+from anomstream.detectors import Detector, DetectorBank, detector_class
+from anomstream.detectors.base import groups
 from anomstream.errors import ModelError, ModelIntegrityError
 from anomstream.features import (
     BlockSums,
     FeaturePipeline,
     FeatureSpec,
+    Windows,
     device_positions,
     trailing_max,
 )
@@ -59,7 +61,10 @@ from anomstream.telemetry import TelemetryBatch
 logger = logging.getLogger(__name__)
 
 MANIFEST = "model.json"
-FORMAT_VERSION = 1
+BANK_FOLDER = "devices"
+# 2: per-device detectors in one bank (``devices/``, entries with ``bank_row``); 1: one folder per device.
+FORMAT_VERSION = 2
+READABLE_FORMATS = (1, 2)
 # One normal reading in a thousand may be flagged: with the 20-reading alarm hold, about one false alarm per
 # 20,000 readings (5.5 hours at 1 Hz), the order of what alarm-management practice (ISA-18.2) asks of a loop.
 DEFAULT_TARGET_FAR = 0.001
@@ -241,6 +246,7 @@ class AnomalyModel:
         device_thresholds: dict[str, float],
         seed: int,
         calibration: dict[str, Any] | None = None,
+        bank: DetectorBank | None = None,
     ) -> None:
         self.detector_name = detector_name
         self.config = config
@@ -252,6 +258,8 @@ class AnomalyModel:
         self.device_thresholds = device_thresholds
         self.seed = seed
         self.calibration = calibration or {}
+        self._bank = bank  # the per-device detectors other than the global one, in device_detectors order
+        self._plan: _Plan | None = None
 
     @property
     def channels(self) -> tuple[str, ...]:
@@ -338,18 +346,18 @@ class AnomalyModel:
         pooled_summary: dict[str, Any] | None = None
         if per_device:
             codes, devices = pd.factorize(batch.device_id)
-            groups = _groups(codes)
+            device_groups = groups(codes)
             if len(devices) == 1:
                 # Same rows, same seed: the device's detector would be the global one again.
                 only = str(devices[0])
                 device_detectors[only], device_thresholds[only] = global_detector, global_threshold
-                groups = []
+                device_groups = []
             enough = [
                 (code, index)
-                for code, index in groups
+                for code, index in device_groups
                 if count[index[0]] >= config.min_device_rows and fit_rows[index].sum() >= MIN_FIT_ROWS
             ]
-            on_global["too_few_rows"] = len(groups) - len(enough)
+            on_global["too_few_rows"] = len(device_groups) - len(enough)
             fits = run_all(job, [rows.take(index) for _, index in enough], jobs, cluster)
             for (code, index), own in zip(enough, fits, strict=True):
                 global_held_out = fitted_global.held_out[index]
@@ -437,19 +445,23 @@ class AnomalyModel:
         wanted = np.ones(n, bool) if explain == "all" else unknown
         live = np.flatnonzero(_reach_back(wanted, batch.device_id, self.config.score_reach))
         live_device = batch.device_id[live]
-        route = self._route(live_device)
+        plan = self._scoring_plan()
+        route = plan.route(live_device)
         threshold = np.full(n, np.nan)
+        threshold[live] = plan.thresholds[route]
         own_model = np.zeros(n, bool)
         own_model[live] = route > 0
-        detectors = self._detectors()
-        for index, rows in _groups(route):
-            detector, threshold[live[rows]] = detectors[index]
-            rows = live[rows[unknown[live[rows]]]]
-            # Windows (conv-ae) reach the detector as they are; other detectors would see them via np.asarray.
-            if len(rows) == n:  # the usual batch of one global model: no copy of the features
-                raw[:] = detector.score(features)  # type: ignore[arg-type]
-            elif len(rows):
-                raw[rows] = detector.score(features[rows])
+        bank_row = plan.bank_rows[route]  # -1: the global detector scores the row
+        todo = unknown[live]
+        on_global = live[todo & (bank_row < 0)]
+        # Windows (conv-ae) reach the detector as they are; other detectors would see them via np.asarray.
+        if len(on_global) == n:  # the usual batch of one global model: no copy of the features
+            raw[:] = self.global_detector.score(features)  # type: ignore[arg-type]
+        elif len(on_global):
+            raw[on_global] = self.global_detector.score(features[on_global])
+        on_bank = todo & (bank_row >= 0)
+        if on_bank.any() and plan.bank is not None:
+            raw[live[on_bank]] = plan.bank.score(features[live[on_bank]], bank_row[on_bank])
         score = np.full(n, np.nan)
         score[live] = postprocess(raw[live], live_device, self.config.smoothing, self.config.hold)
         warming_up = device_positions(batch.device_id)[0] < self.warm_up
@@ -457,10 +469,10 @@ class AnomalyModel:
         if explained is None:
             explained = flagged & unknown  # rows with known scores are the caller's history: not explained
         contributions = np.zeros((n, len(self.channels)))
-        explained_live = explained[live]
-        for index, rows in _groups(np.where(explained_live, route, -1)):
-            if index >= 0:
-                contributions[live[rows]] = self._channel_shares(detectors[index][0], features[live[rows]])
+        explained_live = np.flatnonzero(explained[live])
+        if len(explained_live):
+            rows, rows_bank = live[explained_live], bank_row[explained_live]
+            contributions[rows] = self._channel_shares(self._per_feature(features, rows, rows_bank, plan.bank))
         return ScoreResult(score, threshold, flagged, contributions, raw, warming_up, own_model, expected)
 
     def save(self, directory: str | Path) -> list[str]:
@@ -468,14 +480,14 @@ class AnomalyModel:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         written = [f"global/{name}" for name in self.global_detector.save(directory / "global")]
+        plan = self._scoring_plan()
+        if plan.bank is not None:
+            written += [f"{BANK_FOLDER}/{name}" for name in plan.bank.save(directory / BANK_FOLDER)]
         devices: dict[str, dict[str, Any]] = {}
-        for i, (device, detector) in enumerate(self.device_detectors.items()):
-            if detector is self.global_detector:
-                folder = "global"
-            else:
-                folder = f"devices/{i:06d}"
-                written += [f"{folder}/{name}" for name in detector.save(directory / folder)]
-            devices[device] = {"folder": folder, "threshold": self.device_thresholds[device]}
+        for i, device in enumerate(self.device_detectors):
+            row = int(plan.bank_rows[i + 1])
+            place: dict[str, Any] = {"folder": "global"} if row < 0 else {"bank_row": row}
+            devices[device] = place | {"threshold": self.device_thresholds[device]}
         manifest = {
             "format_version": FORMAT_VERSION,
             "detector": self.detector_name,
@@ -502,48 +514,79 @@ class AnomalyModel:
             manifest = json.loads((directory / MANIFEST).read_text())
         except (OSError, ValueError) as exc:
             raise ModelIntegrityError(f"cannot read {directory / MANIFEST}: {exc}") from exc
-        if manifest.get("format_version") != FORMAT_VERSION:
+        if manifest.get("format_version") not in READABLE_FORMATS:
             raise ModelIntegrityError(
                 f"{directory / MANIFEST} has format version {manifest.get('format_version')}, this "
-                f"anomstream reads {FORMAT_VERSION}: retrain the model or upgrade"
+                f"anomstream reads {' and '.join(map(str, READABLE_FORMATS))}: retrain the model or upgrade"
             )
         try:
             cls_ = detector_class(manifest["detector"])
-            loaded: dict[str, Detector] = {"global": cls_.load(directory / "global", device=device)}
-            for entry in manifest["devices"].values():
-                if entry["folder"] not in loaded:
+            global_detector = cls_.load(directory / "global", device=device)
+            entries = manifest["devices"]
+            bank = None
+            if any("bank_row" in e for e in entries.values()):
+                bank = cls_.load_bank(directory / BANK_FOLDER, device=device)
+            loaded: dict[str, Detector] = {"global": global_detector}
+            for entry in entries.values():  # format 1: a folder per device
+                if "bank_row" not in entry and entry["folder"] not in loaded:
                     loaded[entry["folder"]] = cls_.load(_inside(directory, entry["folder"]), device=device)
+            detectors = {
+                d: bank.detectors[int(e["bank_row"])] if bank is not None and "bank_row" in e else loaded[e["folder"]]
+                for d, e in entries.items()
+            }
+            if bank is not None and [id(d) for d in detectors.values() if d is not global_detector] != [
+                id(d) for d in bank.detectors
+            ]:
+                raise ModelIntegrityError(f"{directory / MANIFEST}: its devices do not map one to one onto the bank")
             return cls(
                 manifest["detector"],
                 ModelConfig.from_dict(manifest["config"]),
                 manifest["detector_params"],
                 FeaturePipeline.from_dict(manifest["features"]),
-                loaded["global"],
+                global_detector,
                 float(manifest["global_threshold"]),
-                {d: loaded[e["folder"]] for d, e in manifest["devices"].items()},
-                {d: float(e["threshold"]) for d, e in manifest["devices"].items()},
+                detectors,
+                {d: float(e["threshold"]) for d, e in entries.items()},
                 int(manifest["seed"]),
                 dict(manifest.get("calibration", {})),
+                bank,
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise ModelIntegrityError(f"{directory / MANIFEST} is incomplete or malformed: {exc!r}") from exc
 
-    def _detectors(self) -> list[tuple[Detector, float]]:
-        """Index 0: global; index i + 1: the i-th device with its own detector."""
-        return [(self.global_detector, self.global_threshold)] + [
-            (self.device_detectors[d], self.device_thresholds[d]) for d in self.device_detectors
-        ]
+    def _scoring_plan(self) -> _Plan:
+        """Routing and thresholds per device, and the bank of the per-device detectors (built once)."""
+        if self._plan is None:
+            own = [d for d, detector in self.device_detectors.items() if detector is not self.global_detector]
+            if self._bank is None and own:
+                self._bank = detector_class(self.detector_name).bank([self.device_detectors[d] for d in own])
+            row = {d: i for i, d in enumerate(own)}
+            self._plan = _Plan(
+                {d: i + 1 for i, d in enumerate(self.device_detectors)},
+                np.array([self.global_threshold, *(self.device_thresholds[d] for d in self.device_detectors)]),
+                np.array([-1, *(row.get(d, -1) for d in self.device_detectors)], dtype=np.int64),
+                self._bank,
+            )
+        return self._plan
 
-    def _route(self, device_id: np.ndarray) -> np.ndarray:
-        """Per row, the index into ``_detectors()`` that scores it."""
-        codes, uniques = pd.factorize(device_id)
-        index = {d: i + 1 for i, d in enumerate(self.device_detectors)}
-        per_unique = np.array([index.get(str(d), 0) for d in uniques], dtype=np.int64)
-        return per_unique[codes] if len(codes) else np.zeros(0, dtype=np.int64)
+    def _per_feature(
+        self, features: np.ndarray | Windows, rows: np.ndarray, bank_row: np.ndarray, bank: DetectorBank | None
+    ) -> np.ndarray:
+        """Per-feature contributions of ``rows``, by the global detector where ``bank_row`` is -1."""
+        on_global = bank_row < 0
+        computed = []
+        if on_global.any():
+            computed.append((on_global, self.global_detector.contributions(features[rows[on_global]])))
+        if bank is not None and (~on_global).any():
+            computed.append((~on_global, bank.contributions(features[rows[~on_global]], bank_row[~on_global])))
+        parts = np.zeros((len(rows), computed[0][1].shape[1]))
+        for mask, own in computed:
+            parts[mask] = own
+        return parts
 
-    def _channel_shares(self, detector: Detector, features: np.ndarray) -> np.ndarray:
-        """Detector contributions summed per raw channel and normalised to sum 1 per row."""
-        per_feature = np.maximum(detector.contributions(features), 0.0)
+    def _channel_shares(self, per_feature: np.ndarray) -> np.ndarray:
+        """Per-feature contributions summed per raw channel and normalised to sum 1 per row."""
+        per_feature = np.maximum(per_feature, 0.0)
         n_channels = len(self.channels)
         per_channel = np.zeros((len(per_feature), n_channels))
         for feature, channel in enumerate(self.pipeline.feature_channel):
@@ -551,6 +594,23 @@ class AnomalyModel:
         total = per_channel.sum(axis=1, keepdims=True)
         uniform = np.full_like(per_channel, 1.0 / n_channels)  # nothing to attribute: no channel stands out
         return np.where(total > 0, per_channel / np.where(total > 0, total, 1.0), uniform)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """How ``score`` routes rows: index 0 is the global detector, ``i + 1`` the i-th device of
+    ``device_detectors``; ``bank_rows[index]`` is that detector's row in ``bank`` (-1: the global one)."""
+
+    index: dict[str, int]
+    thresholds: np.ndarray
+    bank_rows: np.ndarray
+    bank: DetectorBank | None
+
+    def route(self, device_id: np.ndarray) -> np.ndarray:
+        """Per row, its index."""
+        codes, uniques = pd.factorize(device_id)
+        per_unique = np.array([self.index.get(str(d), 0) for d in uniques], dtype=np.int64)
+        return per_unique[codes] if len(codes) else np.zeros(0, dtype=np.int64)
 
 
 def _inside(directory: Path, relative: str) -> Path:
@@ -593,14 +653,3 @@ def _calibration_summary(calibrations: list[Calibration], target_far: float) -> 
         "held_back_rate_mean": float(rates.mean()),
         "held_back_rate_max": float(rates.max()),
     }
-
-
-def _groups(keys: np.ndarray) -> list[tuple[int, np.ndarray]]:
-    """Row indices per distinct key (one entry per key, not per row)."""
-    if not len(keys):
-        return []
-    order = np.argsort(keys, kind="stable")
-    sorted_keys = keys[order]
-    starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
-    ends = np.r_[starts[1:], len(keys)]
-    return [(int(sorted_keys[s]), order[s:e]) for s, e in zip(starts, ends, strict=True)]

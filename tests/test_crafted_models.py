@@ -44,7 +44,8 @@ def test_a_device_folder_outside_the_model_is_refused(saved: Path, tmp_path: Pat
     manifest = json.loads((folder / MANIFEST).read_text())
     device = next(iter(manifest["devices"]))
     for outside in ("../elsewhere", str(tmp_path / "version" / "elsewhere")):
-        manifest["devices"][device]["folder"] = outside
+        # a folder per device, as format-1 manifests name them
+        manifest["devices"][device] = {"folder": outside, "threshold": manifest["devices"][device]["threshold"]}
         (folder / MANIFEST).write_text(json.dumps(manifest))
         with pytest.raises(ModelIntegrityError, match="outside the model"):
             AnomalyModel.load(folder)

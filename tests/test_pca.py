@@ -169,3 +169,51 @@ def test_tall_training_matrix_needs_no_n_by_n_memory():
     assert peak < rows.nbytes  # chunks of centred rows and F x F matrices: not even one copy of the input
     assert detector.components_.shape == (16, 16) and detector.eigenvalues_.shape == (16,)
     assert np.allclose(detector.eigenvalues_, np.linalg.eigvalsh(np.cov(rows, rowvar=False))[::-1], rtol=1e-9)
+
+
+# -- many detectors as one bank ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fleet() -> list[PCADetector]:
+    # detectors of different shapes of normal (k differs), as a fleet's devices would have
+    return [PCADetector(variance=v).fit(correlated_rows(400, seed=s)) for s, v in enumerate((0.5, 0.9, 0.99, 0.7))]
+
+
+def test_a_bank_scores_each_row_as_its_own_detector_does(fleet, tmp_path):
+    rng = np.random.default_rng(3)
+    X = correlated_rows(2_000, seed=9) + rng.normal(0, 2, size=(2_000, 1)) * (rng.random((2_000, 1)) < 0.1)
+    index = rng.integers(0, len(fleet), len(X))
+    stacked = PCADetector.bank(fleet)
+    assert len({d.n_components_ for d in fleet}) > 1
+    written = stacked.save(tmp_path)
+    mapped = PCADetector.load_bank(tmp_path)
+    assert all(isinstance(mapped.arrays[name], np.memmap) for name in ("mean", "components"))  # mapped, not read
+    for bank in (stacked, mapped):
+        scores, parts = bank.score(X, index), bank.contributions(X, index)
+        for i, detector in enumerate(fleet):
+            rows = index == i
+            assert np.allclose(scores[rows], detector.score(X[rows]), rtol=1e-12, atol=0)
+            assert np.allclose(parts[rows], detector.contributions(X[rows]), rtol=1e-9, atol=1e-12)
+        assert np.allclose(parts.sum(axis=1), scores)
+    assert np.array_equal(stacked.score(X, index), mapped.score(X, index))
+    assert sorted(written) == sorted(p.name for p in tmp_path.iterdir())
+
+
+def test_a_rows_bank_score_does_not_depend_on_the_other_rows_of_the_call(fleet):
+    rng = np.random.default_rng(4)
+    X, index = correlated_rows(10_000, seed=5), rng.integers(0, len(fleet), 10_000)  # more than one chunk
+    bank = PCADetector.bank(fleet)
+    whole = bank.score(X, index)
+    some = rng.permutation(len(X))[:777]
+    assert np.array_equal(bank.score(X[some], index[some]), whole[some])
+
+
+def test_a_damaged_bank_is_refused(fleet, tmp_path):
+    PCADetector.bank(fleet).save(tmp_path)
+    np.save(tmp_path / "components.npy", np.zeros((len(fleet), 3, 3)))
+    with pytest.raises(ModelIntegrityError, match="disagree in shape"):
+        PCADetector.load_bank(tmp_path)
+    (tmp_path / "mean.npy").unlink()
+    with pytest.raises(ModelIntegrityError, match="cannot read pca bank"):
+        PCADetector.load_bank(tmp_path)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from anomstream.detectors.base import Detector
+from anomstream.detectors.base import Detector, DetectorBank
 from anomstream.errors import ModelError
 
 # name -> (module, class); the names are part of the command-line contract (docs/design.md).
@@ -22,7 +22,7 @@ _REGISTRY: dict[str, tuple[str, str]] = {
 
 DETECTOR_NAMES: tuple[str, ...] = tuple(_REGISTRY)
 
-__all__ = ["DETECTOR_NAMES", "Detector", "detector_class", "make_detector"]
+__all__ = ["DETECTOR_NAMES", "Detector", "DetectorBank", "detector_class", "make_detector"]
 
 
 def detector_class(name: str) -> type[Detector]:

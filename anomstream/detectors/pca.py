@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Self
 
 import numpy as np
 from scipy import stats
 
-from anomstream.detectors.base import Detector
+from anomstream.detectors.base import BANK_FILE, Detector, DetectorBank
 from anomstream.errors import ModelError, ModelIntegrityError
 
 logger = logging.getLogger(__name__)
@@ -37,6 +38,8 @@ ARRAYS_FILE = "pca.npz"
 PARAMS_FILE = "pca.json"
 _ARRAYS = ("mean", "components", "eigenvalues")
 _COVARIANCE_CHUNK_ROWS = 65_536  # rows centred at a time while accumulating the covariance
+_BANK_ARRAYS = ("mean", "components", "eigenvalues", "n_components", "t2_limit", "q_limit")
+_BANK_CHUNK_ROWS = 4096  # rows whose detectors' (F, F) components are gathered at a time
 
 
 class PCADetector(Detector):
@@ -160,6 +163,28 @@ class PCADetector(Detector):
         detector._set_limits()
         return detector
 
+    @classmethod
+    def bank(cls, detectors: Sequence[Detector]) -> PCABank:
+        """The detectors' arrays stacked into one :class:`PCABank`."""
+        pcas = [d for d in detectors if isinstance(d, PCADetector)]
+        if len(pcas) != len(detectors) or not pcas:
+            raise ModelError("a pca bank holds one or more fitted pca detectors only")
+        arrays = {
+            "mean": np.stack([d.mean_ for d in pcas]),
+            # C order, as a loaded bank's: einsum's summation order (so the last bit) follows the strides
+            "components": np.ascontiguousarray(np.stack([d.components_ for d in pcas])),
+            "eigenvalues": np.stack([d.eigenvalues_ for d in pcas]),
+            "n_components": np.array([d.n_components_ for d in pcas], dtype=np.int64),
+            "t2_limit": np.array([d.t2_limit_ for d in pcas]),
+            "q_limit": np.array([d.q_limit_ for d in pcas]),
+        }
+        return PCABank(pcas[0].params(), arrays)
+
+    @classmethod
+    def load_bank(cls, directory: Path, device: str = "cpu") -> PCABank:
+        """Map a bank written by ``PCABank.save`` (``.npy`` files opened read-only with ``mmap_mode``)."""
+        return PCABank.load(directory)
+
     def _set_limits(self) -> None:
         """Control limits for T² (chi-square) and Q (Jackson–Mudholkar) at confidence ``alpha``."""
         k = self.n_components_
@@ -191,6 +216,109 @@ class PCADetector(Detector):
         loadings = self.components_[:, : self.n_components_]
         scores = centred @ loadings
         return scores, centred - scores @ loadings.T
+
+
+class PCABank(DetectorBank):
+    """Many PCA detectors as stacked arrays: ``mean (D, F)``, ``components (D, F, F)``, ``eigenvalues (D, F)``,
+    ``n_components``, ``t2_limit`` and ``q_limit (D,)``.
+
+    Every row is projected on its own detector's components in one ``einsum`` over the gathered
+    ``(F, F)`` matrices (in chunks of rows, so the gathered copy stays bounded): the cost per row is that of
+    one detector, whatever the number of detectors, and each row's score depends on that row and its
+    detector alone. Components beyond a detector's ``k`` are masked to zero, which leaves the residual the
+    same as a ``k``-column projection. ``detectors`` are views of the arrays: a loaded bank's are views of
+    the memory-mapped files.
+    """
+
+    def __init__(self, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        self.params = params
+        self.arrays = arrays
+        n = len(arrays["mean"])
+        self._keep = np.arange(arrays["mean"].shape[1])[None, :] < arrays["n_components"][:, None]
+        super().__init__([self._detector(i) for i in range(n)])
+
+    def score(self, X: np.ndarray, index: np.ndarray) -> np.ndarray:
+        """Combined index ``T²/T²_lim + Q/Q_lim`` per row, by the row's own detector."""
+        out = np.zeros(len(index))
+        for rows, scores, residual in self._projections(X, index):
+            idx = index[rows]
+            t2 = (scores**2 / self.arrays["eigenvalues"][idx]).sum(axis=1)
+            out[rows] = t2 / self.arrays["t2_limit"][idx] + (residual**2).sum(axis=1) / self.arrays["q_limit"][idx]
+        return out
+
+    def contributions(self, X: np.ndarray, index: np.ndarray) -> np.ndarray:
+        """Per-feature parts of each row's combined index (as :meth:`PCADetector.contributions`)."""
+        out = np.zeros(_as_rows(X).shape)
+        for rows, scores, residual in self._projections(X, index):
+            idx = index[rows]
+            root = np.einsum("nk,nfk->nf", scores / np.sqrt(self.arrays["eigenvalues"][idx]),
+                             self.arrays["components"][idx])  # fmt: skip
+            out[rows] = root**2 / self.arrays["t2_limit"][idx, None] + residual**2 / self.arrays["q_limit"][idx, None]
+        if np.ndim(X) == 3:
+            return out.reshape(np.shape(X)).sum(axis=1)
+        return out
+
+    def save(self, directory: Path) -> list[str]:
+        """Write one ``.npy`` file per array and ``bank.json`` (parameters, count)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        for name in _BANK_ARRAYS:
+            np.save(directory / f"{name}.npy", np.ascontiguousarray(self.arrays[name]), allow_pickle=False)
+        state = {"detector": PCADetector.name, "params": self.params, "detectors": len(self)}
+        (directory / BANK_FILE).write_text(json.dumps(state, indent=1))
+        return [*(f"{name}.npy" for name in _BANK_ARRAYS), BANK_FILE]
+
+    @classmethod
+    def load(cls, directory: Path) -> PCABank:
+        """Map a bank written by ``save``.
+
+        Raises:
+            ModelIntegrityError: a file is missing or the arrays disagree in shape.
+        """
+        directory = Path(directory)
+        try:
+            state = json.loads((directory / BANK_FILE).read_text())
+            arrays = {name: np.load(directory / f"{name}.npy", mmap_mode="r", allow_pickle=False)
+                      for name in _BANK_ARRAYS}  # fmt: skip
+            n, n_features = arrays["mean"].shape
+            params, count = dict(state["params"]), int(state["detectors"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ModelIntegrityError(f"cannot read pca bank from {directory}: {exc}") from exc
+        shapes_agree = (
+            count == n
+            and arrays["components"].shape == (n, n_features, n_features)
+            and arrays["eigenvalues"].shape == (n, n_features)
+            and all(arrays[name].shape == (n,) for name in ("n_components", "t2_limit", "q_limit"))
+        )
+        if not shapes_agree:
+            raise ModelIntegrityError(f"pca bank arrays in {directory} disagree in shape: artifact damaged")
+        k = np.asarray(arrays["n_components"])
+        if ((k < 1) | (k > n_features)).any() or (np.asarray(arrays["eigenvalues"]) <= 0).any():
+            raise ModelIntegrityError(f"pca bank in {directory} is inconsistent: artifact damaged")
+        return cls(params, arrays)
+
+    def _detector(self, i: int) -> PCADetector:
+        detector = PCADetector(**self.params)
+        detector.mean_ = self.arrays["mean"][i]
+        detector.components_ = self.arrays["components"][i]
+        detector.eigenvalues_ = self.arrays["eigenvalues"][i]
+        detector.n_components_ = int(self.arrays["n_components"][i])
+        detector.t2_limit_ = float(self.arrays["t2_limit"][i])
+        detector.q_limit_ = float(self.arrays["q_limit"][i])
+        return detector
+
+    def _projections(self, X: np.ndarray, index: np.ndarray) -> Iterator[tuple[slice, np.ndarray, np.ndarray]]:
+        """Per chunk of rows: the rows, their masked principal scores ``(m, F)`` and residuals ``(m, F)``."""
+        rows_all = _as_rows(X)
+        if rows_all.shape[1] != self.arrays["mean"].shape[1]:
+            raise ModelError(f"pca expects {self.arrays['mean'].shape[1]} features, got {rows_all.shape[1]}")
+        for start in range(0, len(index), _BANK_CHUNK_ROWS):
+            rows = slice(start, start + _BANK_CHUNK_ROWS)
+            idx = index[rows]
+            centred = rows_all[rows] - self.arrays["mean"][idx]
+            components = self.arrays["components"][idx]
+            scores = np.einsum("nf,nfk->nk", centred, components) * self._keep[idx]
+            yield rows, scores, centred - np.einsum("nk,nfk->nf", scores, components)
 
 
 def _covariance(rows: np.ndarray, mean: np.ndarray) -> np.ndarray:
