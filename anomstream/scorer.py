@@ -82,7 +82,9 @@ class ScorerReport:
     batches: int = 0
     aborted: int = 0
     first_record_at: float | None = None
+    first_commit_at: float | None = None
     last_commit_at: float | None = None
+    started_at: float = field(default_factory=time.time)
     model: str = ""
     stopped_by: str = ""
 
@@ -214,6 +216,7 @@ class Scorer:
         logger.info("scorer stopped: %s", self.report.summary(), extra={
             "records_scored": self.report.scored, "anomalies": self.report.anomalies,
             "dead_letters": sum(self.report.dead_letters.values()), "active_s": round(self.report.active_s, 3),
+            "first_commit_at": self.report.first_commit_at,
         })  # fmt: skip
 
     # -- the loop --------------------------------------------------------------------------------------------
@@ -311,6 +314,9 @@ class Scorer:
         ]
         if self._commit.commit(outputs, next_offsets, self._consumer):
             self.report.last_commit_at = time.time()
+            if self.report.first_commit_at is None:
+                self.report.first_commit_at = self.report.last_commit_at
+                logger.info("first batch committed %.1f s after start", time.time() - self.report.started_at)
             return True
         self.metrics.aborted.inc()
         for p in np.unique(partition):
