@@ -455,7 +455,7 @@ class AnomalyModel:
         todo = unknown[live]
         on_global = live[todo & (bank_row < 0)]
         # Windows (conv-ae) reach the detector as they are; other detectors would see them via np.asarray.
-        if len(on_global) == n:  # the usual batch of one global model: no copy of the features
+        if n and len(on_global) == n:  # the usual batch of one global model: no copy of the features
             raw[:] = self.global_detector.score(features)  # type: ignore[arg-type]
         elif len(on_global):
             raw[on_global] = self.global_detector.score(features[on_global])

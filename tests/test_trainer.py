@@ -55,7 +55,8 @@ def test_training_from_a_topic_window_publishes_a_complete_version(
     on_global = manifest["evaluation"]["metrics"]["calibration"]["devices_on_global"]
     assert on_global["too_few_rows"] == 0  # 1,000 readings each; a device model no better than the global one goes
     own = DEVICES - on_global["worse_than_global"]
-    assert own >= 1 and sum(f.startswith("devices/") for f in manifest["files"]) == 2 * own  # arrays + params each
+    # iforest's bank: a folder per own detector (arrays + params) and the bank's index
+    assert own >= 1 and sum(f.startswith("devices/") for f in manifest["files"]) == 2 * own + 1
     assert (folder / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (folder / "incidents.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the incident timeline
     report = json.loads((folder / "report.json").read_text())
