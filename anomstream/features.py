@@ -188,6 +188,19 @@ class _Scaling:
         return cls(**{k: np.asarray(d[k], dtype=np.float64) for k in cls.__dataclass_fields__})
 
 
+class _Tables:
+    """Scalings stacked per statistic, ``(T, C)`` or ``(T, F)``: row 0 the global one, then one per device."""
+
+    def __init__(self, scalings: list[_Scaling]) -> None:
+        self.count = len(scalings)
+        self._stacked = {name: np.stack([getattr(t, name) for t in scalings]) for name in _Scaling.__dataclass_fields__}
+
+    def per_row(self, name: str, row_table: np.ndarray) -> np.ndarray:
+        """A statistic for every row: ``(C,)`` broadcastable when one table serves all rows, else ``(n, C)``."""
+        stacked = self._stacked[name]
+        return stacked[0] if self.count == 1 else stacked[row_table]
+
+
 class Windows:
     """``(n, W, F)`` windows of feature rows, kept as the rows and an index instead of ``n x W`` copies.
 
@@ -238,6 +251,7 @@ class FeaturePipeline:
         self.spec = spec
         self._global: _Scaling | None = None
         self._devices: dict[str, _Scaling] = {}
+        self._lookup: tuple[_Tables, pd.Index] | None = None  # built on first use from the two above
 
     @property
     def context(self) -> int:
@@ -270,7 +284,7 @@ class FeaturePipeline:
         if len(batch) == 0:
             raise ModelError("cannot fit features on an empty batch: give the trainer some training rows")
         self._global = self._fit_scaling(batch, values)
-        self._devices = {}
+        self._devices, self._lookup = {}, None
         if per_device:
             codes, uniques = pd.factorize(batch.device_id)
             order = np.argsort(codes, kind="stable")  # each device's rows, in their order, one slice each
@@ -312,8 +326,10 @@ class FeaturePipeline:
         if self._global is None:
             raise ModelError("FeaturePipeline.transform before fit: fit or load the pipeline first")
         values = self._channel_values(batch)
-        order, pos, table_row = _group_rows(batch.device_id, self._devices)
-        tables = [self._global, *self._devices.values()]
+        if self._lookup is None:
+            self._lookup = _Tables([self._global, *self._devices.values()]), pd.Index(list(self._devices), dtype=object)
+        tables, devices = self._lookup
+        order, pos, table_row = _group_rows(batch.device_id, devices)
         sorted_values = values[order]
         row_table = table_row[order]
         needed_sorted = None if needed is None else np.asarray(needed, dtype=bool)[order]
@@ -371,7 +387,7 @@ class FeaturePipeline:
         else:
             raw_center, raw_scale = np.zeros(n_channels), np.ones(n_channels)
         n_features = self.n_features
-        order, pos, table_row = _group_rows(batch.device_id, {})
+        order, pos, table_row = _group_rows(batch.device_id)
         persistent = np.zeros(n_channels)
         if self.spec.detrend_persistent:
             z = (values[order] - raw_center) / raw_scale
@@ -381,83 +397,97 @@ class FeaturePipeline:
         if not self.spec.standardise:
             return identity
         grouped = _Grouped(batch.device_id[order], values[order], pos, batch.seq[order], table_row[order])
-        points = self._point_features(grouped, [identity], final=False)
+        points = self._point_features(grouped, _Tables([identity]), final=False)
         feature_center, feature_scale = _center_scale(points)
         return _Scaling(raw_center, raw_scale, feature_center, feature_scale, persistent)
 
     def _point_features(
         self,
         rows: _Grouped,
-        tables: list[_Scaling],
+        tables: _Tables,
         final: bool,
         needed: np.ndarray | None = None,
         baseline: BlockSums | None = None,
         reference: np.ndarray | None = None,
     ) -> np.ndarray:
-        """Point features of device-grouped rows, ``(n, F)``; rows not ``needed`` (default: all are) and
-        not within ``point_reach`` of a needed row are left at 0 and cost nothing. ``reference``, when given
-        (``(n, C)``), receives each needed row's reference levels in raw units (see
-        ``transform_with_reference``)."""
+        """Point features of device-grouped rows, ``(n, F)``; rows not ``needed`` (default: all are) are
+        inputs only: left at 0, they cost one standardisation each, and the trailing statistics are computed at
+        the needed rows alone. ``reference``, when given (``(n, C)``), receives each needed row's reference
+        levels in raw units (see ``transform_with_reference``)."""
         values, pos, row_table = rows.values, rows.pos, rows.table
-        n = len(values)
+        n, rolling = len(values), self.spec.rolling
         points = np.zeros((n, self.n_features))
-        live = np.arange(n) if needed is None else _reach_back(needed, pos, self.spec.point_reach)
-        if not len(live):
+        out = np.arange(n) if needed is None else np.flatnonzero(needed)
+        if not len(out):
             return points
-        sub_pos = pos if needed is None else _positions_within(live, pos)
-        sub_table = row_table[live]
-        z, mean, std = self._levels(values[live], sub_pos, tables, sub_table)
+        detrend = self.spec.detrend_persistent and rolling > 0
+        # the row whose trailing window ended `rolling` readings earlier: persistent channels' reference
+        earlier_rows = out - np.minimum(pos[out], rolling) if detrend else None
+        z, mean, std, earlier = self._levels(values, pos, tables, row_table, None if needed is None else out,
+                                             earlier_rows)  # fmt: skip
         width = z.shape[1]
         computed = {"raw": z, "rolling_mean": mean, "rolling_std": std}
         blocks = {block: array for block in self.spec.blocks if (array := computed[block]) is not None}
-        persistent = _per_row(tables, "persistent", sub_table) > 0.5
-        judged_against = np.zeros((len(live), width))  # standardised: 0 is the training mean
-        if self.spec.detrend_persistent and mean is not None:
+        out_table = row_table[out]
+        persistent = tables.per_row("persistent", out_table) > 0.5
+        judged_against = np.zeros((len(out), width))  # standardised: 0 is the training mean
+        if earlier is not None:
             # Persistent channels: levels relative to the trailing mean of the window ending K readings ago.
-            earlier = mean[np.arange(len(live)) - np.minimum(sub_pos, self.spec.rolling)]
             np.copyto(judged_against, earlier, where=persistent)
             for block in ("raw", "rolling_mean"):
                 if block in blocks:
                     np.subtract(blocks[block], earlier, out=blocks[block], where=persistent)
         if self.spec.baseline and mean is not None:
             # Other channels: levels relative to the slow baseline of the readings before the window.
-            wanted = np.arange(n) if needed is None else np.flatnonzero(needed)
-            slow = np.zeros((len(live), width))
-            slow[np.searchsorted(live, wanted)] = self._slow_baseline(rows, tables, wanted, baseline)
+            slow = self._slow_baseline(rows, tables, out, baseline)
             np.copyto(judged_against, slow, where=~persistent)
             for block in ("raw", "rolling_mean"):
                 if block in blocks:
                     np.subtract(blocks[block], slow, out=blocks[block], where=~persistent)
         if reference is not None:
-            scale, center = _per_row(tables, "raw_scale", sub_table), _per_row(tables, "raw_center", sub_table)
-            wanted_live = slice(None) if needed is None else needed[live]
-            reference[live[wanted_live]] = (judged_against * scale + center)[wanted_live]
+            scale, center = tables.per_row("raw_scale", out_table), tables.per_row("raw_center", out_table)
+            reference[out] = judged_against * scale + center
         sub = np.concatenate([blocks[block] for block in self.spec.blocks], axis=1)
         if final:
-            sub -= _per_row(tables, "feature_center", sub_table)
-            sub /= _per_row(tables, "feature_scale", sub_table)
-        points[live] = sub
+            sub -= tables.per_row("feature_center", out_table)
+            sub /= tables.per_row("feature_scale", out_table)
+        points[out] = sub
         return points
 
     def _levels(
-        self, values: np.ndarray, pos: np.ndarray, tables: list[_Scaling], row_table: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-        """Standardised readings (a missing one replaced by its trailing mean, or 0 = the training mean) and,
-        with ``rolling``, their trailing mean and spread, over device-grouped rows."""
-        z = values - _per_row(tables, "raw_center", row_table)
-        z /= _per_row(tables, "raw_scale", row_table)
+        self,
+        values: np.ndarray,
+        pos: np.ndarray,
+        tables: _Tables,
+        row_table: np.ndarray,
+        out: np.ndarray | None,
+        earlier_rows: np.ndarray | None,
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+        """At the device-grouped rows ``out`` (None: all): standardised readings (a missing one replaced by
+        its trailing mean, or 0 = the training mean) and, with ``rolling``, their trailing mean and spread;
+        and the trailing mean at ``earlier_rows`` (None: not asked)."""
+        z = values - tables.per_row("raw_center", row_table)
+        z /= tables.per_row("raw_scale", row_table)
         missing = np.isnan(z)
         any_missing = bool(missing.any())
+        z_out = z if out is None else z[out]
         if not self.spec.rolling:
-            z[missing] = 0.0
-            return z, None, None
-        mean, std = _trailing_mean_std(z, missing if any_missing else None, pos, self.spec.rolling)
+            z_out[missing if out is None else missing[out]] = 0.0
+            return z_out, None, None, None
+        m = len(z) if out is None else len(out)
+        at = out if earlier_rows is None or out is None else np.concatenate([out, earlier_rows])
+        mean, std = _trailing_mean_std(z, missing if any_missing else None, pos, self.spec.rolling, at)
+        if out is None:
+            earlier = None if earlier_rows is None else mean[earlier_rows]
+        else:
+            earlier = None if earlier_rows is None else mean[m:]
+            mean, std = mean[:m], std[:m]
         if any_missing:
-            np.copyto(z, mean, where=missing)
-        return z, mean, std
+            np.copyto(z_out, mean, where=missing if out is None else missing[out])
+        return z_out, mean, std, earlier
 
     def _slow_baseline(
-        self, grouped: _Grouped, tables: list[_Scaling], rows: np.ndarray, prior: BlockSums | None
+        self, grouped: _Grouped, tables: _Tables, rows: np.ndarray, prior: BlockSums | None
     ) -> np.ndarray:
         """Slow baseline of device-grouped ``rows``, standardised: per channel, the median of the means of the
         ``BASELINE_SAMPLES`` blocks of ``baseline_step`` readings (by ``seq``) before the block that holds the
@@ -501,10 +531,10 @@ class FeaturePipeline:
                 take = first[part, None] + np.arange(samples)[None, :]
                 valid = take < last[part, None]
                 picked = np.where(valid[:, :, None], means[np.where(valid, take, 0)], np.nan)
-                levels[part] = np.nanmedian(picked, axis=1) if valid.any() else np.nan
+                levels[part] = _nanmedian_rows(picked)
         levels = np.where(np.isfinite(levels), levels, np.nan)
         table = row_table[representative]
-        levels = (levels - _per_row(tables, "raw_center", table)) / _per_row(tables, "raw_scale", table)
+        levels = (levels - tables.per_row("raw_center", table)) / tables.per_row("raw_scale", table)
         return np.nan_to_num(levels, nan=0.0)[inverse.reshape(-1)]
 
 
@@ -570,10 +600,11 @@ def fold_blocks(
     summed for it. With ``keep``, only the blocks holding one of each device's last ``keep`` readings (by
     ``seq``) are kept: a scorer's ``reach``, beyond which no later score looks."""
     n = len(seq)
-    order, _, _ = _group_rows(device_id, {})
+    codes, uniques = pd.factorize(device_id)
+    order = np.argsort(codes, kind="stable")  # each device's rows together, in their order
     device, seq, values, partition = device_id[order], seq[order], values[order], np.asarray(partition)[order]
+    codes = codes[order]
     # the last seq summed per device in `prior`, -1 for none
-    codes, uniques = pd.factorize(device)
     index = pd.Index(uniques, dtype=object)
     held = index.get_indexer(prior.device_id)
     through = np.full(len(uniques), -1, dtype=np.int64)
@@ -594,8 +625,11 @@ def fold_blocks(
     # a device's first new block continues the prior's block of the same number, if any
     replaced = np.zeros(len(prior), dtype=bool)
     if len(prior):
-        key = pd.MultiIndex.from_arrays([prior.device_id, prior.block])
-        found = key.get_indexer(pd.MultiIndex.from_arrays([device[starts], block[starts]]))
+        # (device, block) pairs of the prior's blocks of this batch's devices, the device as its code here
+        ours = np.flatnonzero(held >= 0)
+        key = pd.MultiIndex.from_arrays([held[ours], prior.block[ours]])
+        found = key.get_indexer(pd.MultiIndex.from_arrays([codes[starts], block[starts]]))
+        found = np.where(found >= 0, ours[np.maximum(found, 0)], -1)
         found[np.r_[False, codes[starts][1:] == codes[starts][:-1]]] = -1  # only a device's first new block
         hit = found >= 0
         total[hit], count[hit] = prior.total[found[hit]], prior.count[found[hit]]
@@ -617,37 +651,9 @@ def fold_blocks(
     return merged.take((merged.block + 1) * step > newest - keep)
 
 
-def _reach_back(needed: np.ndarray, pos: np.ndarray, reach: int) -> np.ndarray:
-    """Indices of device-grouped rows that are ``needed`` or within ``reach`` readings before a needed row
-    of the same device."""
-    n = len(needed)
-    marks = needed.astype(np.int64)
-    # rows i with a needed row in i .. i + reach of the same device: a trailing max over the reversed rows
-    reversed_pos = _positions_from_end(pos)
-    hit = _trailing_reduce(marks[::-1].astype(np.float64), reversed_pos, reach + 1, np.maximum, -np.inf)[::-1]
-    return np.flatnonzero(hit > 0) if n else np.zeros(0, dtype=np.int64)
-
-
-def _positions_from_end(pos: np.ndarray) -> np.ndarray:
-    """For device-grouped rows, reversed: each row's place counted from its device's last row."""
-    n = len(pos)
-    starts = np.flatnonzero(pos == 0)
-    lengths = np.diff(np.r_[starts, n])
-    from_end = np.repeat(lengths, lengths) - 1 - pos
-    return from_end[::-1]
-
-
-def _positions_within(rows: np.ndarray, pos: np.ndarray) -> np.ndarray:
-    """Position of each of the device-grouped ``rows`` (sorted) among its device's rows in ``rows``."""
-    device = (np.cumsum(pos == 0) - 1)[rows]
-    first = np.r_[True, device[1:] != device[:-1]]
-    starts = np.flatnonzero(first)
-    return np.arange(len(rows)) - np.repeat(starts, np.diff(np.r_[starts, len(rows)]))
-
-
 def device_positions(device_id: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per row: its position among its device's rows in the batch (0 first), and that device's row count."""
-    order, pos, _ = _group_rows(device_id, {})
+    order, pos, _ = _group_rows(device_id)
     n = len(device_id)
     position, count = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
     position[order] = pos
@@ -679,7 +685,7 @@ def _trailing_by_device(values: np.ndarray, device_id: np.ndarray, length: int, 
     values = np.asarray(values, dtype=np.float64)
     if length <= 1 or len(values) == 0:
         return values.copy()
-    order, pos, _ = _group_rows(device_id, {})
+    order, pos, _ = _group_rows(device_id)
     grouped = values[order]
     if statistic == "max":
         result = _trailing_reduce(grouped, pos, length, np.maximum, -np.inf)
@@ -691,11 +697,16 @@ def _trailing_by_device(values: np.ndarray, device_id: np.ndarray, length: int, 
     return out
 
 
-def _per_row(tables: list[_Scaling], name: str, row_table: np.ndarray) -> np.ndarray:
-    """A statistic for every row: ``(C,)`` broadcastable when one table serves all rows, else ``(n, C)``."""
-    if len(tables) == 1:
-        return np.asarray(getattr(tables[0], name))
-    return np.stack([getattr(t, name) for t in tables])[row_table]
+def _nanmedian_rows(values: np.ndarray) -> np.ndarray:
+    """``np.nanmedian(values, axis=1)`` for ``(m, k, C)`` arrays (NaN where a column has no value), by one
+    sort: numpy's own falls back to masked arrays for small ``k``, which costs far more than the sort."""
+    ordered = np.sort(values, axis=1)  # NaN last
+    count = (~np.isnan(values)).sum(axis=1, keepdims=True)
+    low = np.take_along_axis(ordered, np.maximum(count - 1, 0) // 2, axis=1)[:, 0]
+    high = np.take_along_axis(ordered, count // 2, axis=1)[:, 0]
+    median = (low + high) / 2
+    median[count[:, 0] == 0] = np.nan
+    return median
 
 
 def _center_scale(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -710,7 +721,7 @@ def _center_scale(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return center, scale
 
 
-def _group_rows(device_id: np.ndarray, devices: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _group_rows(device_id: np.ndarray, devices: pd.Index | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Group rows by device, keeping each device's rows in their given order.
 
     Returns:
@@ -725,10 +736,10 @@ def _group_rows(device_id: np.ndarray, devices: dict[str, Any]) -> tuple[np.ndar
     starts = np.flatnonzero(np.r_[True, grouped[1:] != grouped[:-1]]) if n else np.zeros(0, dtype=np.int64)
     lengths = np.diff(np.r_[starts, n])
     pos = np.arange(n) - np.repeat(starts, lengths)
-    known = {device: i + 1 for i, device in enumerate(devices)}
-    unique_table = np.array([known.get(str(d), 0) for d in uniques], dtype=np.int64)
-    table_row = unique_table[codes] if n else np.zeros(0, dtype=np.int64)
-    return order, pos, table_row
+    if devices is None or not len(devices) or not n:
+        return order, pos, np.zeros(n, dtype=np.int64)
+    unique_table = devices.get_indexer(pd.Index(uniques, dtype=object).astype(str)) + 1  # -1 (absent) -> 0
+    return order, pos, unique_table[codes].astype(np.int64)
 
 
 def _autocorrelation(z: np.ndarray, pos: np.ndarray, lag: int) -> np.ndarray:
@@ -743,61 +754,93 @@ def _autocorrelation(z: np.ndarray, pos: np.ndarray, lag: int) -> np.ndarray:
 
 
 def _trailing_reduce(
-    values: np.ndarray, pos: np.ndarray, length: int, ufunc: np.ufunc = np.add, identity: float = 0.0
+    values: np.ndarray,
+    pos: np.ndarray,
+    length: int,
+    ufunc: np.ufunc = np.add,
+    identity: float = 0.0,
+    at: np.ndarray | None = None,
 ) -> np.ndarray:
     """Sum (or max, with ``np.maximum`` and ``-inf``) of each row and its ``length - 1`` predecessors of the
-    same device (fewer at a device's start), over device-grouped rows.
+    same device (fewer at a device's start), over device-grouped rows; at rows ``at`` only when given.
 
     A row's terms are always combined in the same order, fixed by ``length`` alone, so its result does not
     depend on how far back the array starts as long as the array holds the row's own window: this is what
     makes batch boundaries invisible (differences of cumulative sums would round differently per batch
-    start). Complete windows are combined by doubling (blocks of 1, 2, 4, ... rows), ``O(log length)`` passes.
+    start). Complete windows are combined by doubling (blocks of 1, 2, 4, ... rows): over every row in
+    ``O(log length)`` passes, or, at a few rows ``at``, as the same tree over each row's own window.
     """
     n = len(values)
-    total = values.copy()
-    if length > 1 and n >= length:
-        total[length - 1 :] = identity
-        block, size, offset = values, 1, 0
-        while size <= length:
-            if length & size:
-                # Block of `size` rows ending `offset` rows before the row (valid for rows >= length - 1).
-                ufunc(total[length - 1 :], block[length - 1 - offset : n - offset], out=total[length - 1 :])
-                offset += size
-            if 2 * size > length:
-                break
-            doubled = block.copy()
-            ufunc(doubled[size:], block[: n - size], out=doubled[size:])
-            block, size = doubled, 2 * size
+    rows = np.arange(n) if at is None else np.asarray(at, dtype=np.int64)
+    if at is None:
+        total = values.copy()
+        if length > 1 and n >= length:
+            total[length - 1 :] = identity
+            block, size, offset = values, 1, 0
+            while size <= length:
+                if length & size:
+                    # Block of `size` rows ending `offset` rows before the row (valid for rows >= length - 1).
+                    ufunc(total[length - 1 :], block[length - 1 - offset : n - offset], out=total[length - 1 :])
+                    offset += size
+                if 2 * size > length:
+                    break
+                doubled = block.copy()
+                ufunc(doubled[size:], block[: n - size], out=doubled[size:])
+                block, size = doubled, 2 * size
+    else:
+        total = values[rows]
+        full = np.flatnonzero(pos[rows] >= length - 1) if length > 1 else np.zeros(0, dtype=np.int64)
+        if len(full):
+            ends = rows[full]
+            combined = np.full((len(full), *values.shape[1:]), identity)
+            size, offset = 1, 0
+            while size <= length:
+                if length & size:
+                    ufunc(combined, _tree_block(values, ends - offset, size, ufunc), out=combined)
+                    offset += size
+                size *= 2
+            total[full] = combined
     # Warm-up rows (fewer than `length` readings so far): newest first, masked at the device's start.
-    warm = np.flatnonzero(pos < length - 1)
-    if len(warm):
+    warm_at = np.flatnonzero(pos[rows] < length - 1)
+    if len(warm_at):
+        warm = rows[warm_at]
         warm_total = values[warm].copy()
         for k in range(1, length):
             valid = (pos[warm] >= k).reshape((-1,) + (1,) * (values.ndim - 1))
             ufunc(warm_total, np.where(valid, values[np.maximum(warm - k, 0)], identity), out=warm_total)
-        total[warm] = warm_total
+        total[warm_at] = warm_total
     return total
 
 
-def _trailing_sum(values: np.ndarray, pos: np.ndarray, length: int) -> np.ndarray:
-    """Trailing sum per device over device-grouped rows (see ``_trailing_reduce``)."""
-    return _trailing_reduce(values, pos, length)
+def _tree_block(values: np.ndarray, ends: np.ndarray, size: int, ufunc: np.ufunc) -> np.ndarray:
+    """The doubling pass's block of ``size`` (a power of two) rows ending at each of ``ends``, combined in
+    the same tree: each block of ``2s`` rows is its newer block of ``s`` combined with its older one."""
+    leaves = values[ends[:, None] - np.arange(size - 1, -1, -1)[None, :]]  # (m, size, ...), oldest first
+    while leaves.shape[1] > 1:
+        leaves = ufunc(leaves[:, 1::2], leaves[:, 0::2])
+    return leaves[:, 0]  # type: ignore[no-any-return]
+
+
+def _trailing_sum(values: np.ndarray, pos: np.ndarray, length: int, at: np.ndarray | None = None) -> np.ndarray:
+    """Trailing sum per device over device-grouped rows, at rows ``at`` (see ``_trailing_reduce``)."""
+    return _trailing_reduce(values, pos, length, at=at)
 
 
 def _trailing_mean_std(
-    z: np.ndarray, missing: np.ndarray | None, pos: np.ndarray, length: int
+    z: np.ndarray, missing: np.ndarray | None, pos: np.ndarray, length: int, at: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Trailing mean and standard deviation per device over the last ``length`` available readings.
+    """Trailing mean and standard deviation per device over the last ``length`` available readings, at rows
+    ``at`` (default: every row).
 
     ``missing`` marks NaN entries of ``z`` (None when there are none), which are left out of both.
     """
     z0 = z if missing is None else np.where(missing, 0.0, z)
-    mean = _trailing_sum(z0, pos, length)
-    variance = _trailing_sum(z0 * z0, pos, length)
+    mean = _trailing_sum(z0, pos, length, at)
+    variance = _trailing_sum(z0 * z0, pos, length, at)
     if missing is None:
-        counts = np.minimum(pos + 1, length).astype(np.float64)[:, None]
+        counts = np.minimum((pos if at is None else pos[at]) + 1, length).astype(np.float64)[:, None]
     else:
-        counts = _trailing_sum((~missing).astype(np.float64), pos, length)
+        counts = _trailing_sum((~missing).astype(np.float64), pos, length, at)
         np.maximum(counts, 1.0, out=counts)  # no reading in the window: sums are 0, and so are the statistics
     mean /= counts
     variance /= counts

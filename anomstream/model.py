@@ -435,18 +435,20 @@ class AnomalyModel:
         raw = np.full(n, np.nan) if known_raw is None else np.array(known_raw, dtype=np.float64)
         unknown = np.isnan(raw)
         explained = {"flagged": None, "all": np.ones(n, bool), "none": np.zeros(n, bool)}[explain]
+        # Devices as integer codes: every per-device pass below groups them, and ints hash far faster.
+        device, devices = pd.factorize(batch.device_id)
         # Rows whose features are used: those the detector scores, and the rows in their windows.
         needed = np.ones(n, bool) if explain == "all" else unknown
         if self.config.window > 1:
-            needed = _reach_back(needed, batch.device_id, self.config.window - 1)
+            needed = _reach_back(needed, device, self.config.window - 1)
         features, expected = self.pipeline.transform_with_reference(batch, needed, baseline, explain != "none")
         # Rows whose smoothed, held scores are asked for: those the detector scores and, in "all", every row;
         # the others (history) are inputs to them only.
         wanted = np.ones(n, bool) if explain == "all" else unknown
-        live = np.flatnonzero(_reach_back(wanted, batch.device_id, self.config.score_reach))
-        live_device = batch.device_id[live]
+        live = np.flatnonzero(_reach_back(wanted, device, self.config.score_reach))
+        live_device = device[live]
         plan = self._scoring_plan()
-        route = plan.route(live_device)
+        route = plan.route(devices)[live_device]
         threshold = np.full(n, np.nan)
         threshold[live] = plan.thresholds[route]
         own_model = np.zeros(n, bool)
@@ -464,7 +466,7 @@ class AnomalyModel:
             raw[live[on_bank]] = plan.bank.score(features[live[on_bank]], bank_row[on_bank])
         score = np.full(n, np.nan)
         score[live] = postprocess(raw[live], live_device, self.config.smoothing, self.config.hold)
-        warming_up = device_positions(batch.device_id)[0] < self.warm_up
+        warming_up = device_positions(device)[0] < self.warm_up
         flagged = (score > threshold) & ~warming_up
         if explained is None:
             explained = flagged & unknown  # rows with known scores are the caller's history: not explained
@@ -606,11 +608,9 @@ class _Plan:
     bank_rows: np.ndarray
     bank: DetectorBank | None
 
-    def route(self, device_id: np.ndarray) -> np.ndarray:
-        """Per row, its index."""
-        codes, uniques = pd.factorize(device_id)
-        per_unique = np.array([self.index.get(str(d), 0) for d in uniques], dtype=np.int64)
-        return per_unique[codes] if len(codes) else np.zeros(0, dtype=np.int64)
+    def route(self, device_ids: Any) -> np.ndarray:
+        """Per device of ``device_ids``, its index."""
+        return np.array([self.index.get(str(d), 0) for d in device_ids], dtype=np.int64)
 
 
 def _inside(directory: Path, relative: str) -> Path:

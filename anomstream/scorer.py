@@ -229,7 +229,7 @@ class Scorer:
             swapped = self.models.take_pending()
             if swapped is not None:
                 self._use_model(swapped)
-            messages = self._consumer.consume(self.settings.batch_size, self.settings.batch_timeout)
+            messages = self._consumer.consume(self._batch_size(), self.settings.batch_timeout)
             if messages and self.report.first_record_at is None:
                 self.report.first_record_at = time.time()
             if messages or self._to_rebuild:
@@ -242,6 +242,12 @@ class Scorer:
                 return
             self._update_lag()
         self.report.stopped_by = self.report.stopped_by or "stop request"
+
+    def _batch_size(self) -> int:
+        """Records to consume at most: ``batch_size``, or more for a scorer holding many devices (see
+        ``batch_per_device``), up to ten times ``batch_size``."""
+        grown = self.settings.batch_per_device * self._history.device_count
+        return min(max(self.settings.batch_size, grown), 10 * self.settings.batch_size)
 
     def _process_with_retries(self, messages: list[Message]) -> None:
         """Process the batch; on a transient fault pause, back off and retry with the same records."""
@@ -429,7 +435,7 @@ class Scorer:
         self.metrics.rebuild_records.inc(self._rebuilder.records_read - before)
         self._to_rebuild -= set(partitions)
         read = self._rebuilder.records_read - before
-        held = len(set(self._history.rows.device_id))
+        held = self._history.device_count
         logger.info("history rebuilt for partitions %s from %d records read back (%d devices)", partitions, read, held)
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -12,6 +13,8 @@ import pytest
 from anomstream.features import (
     FeaturePipeline,
     FeatureSpec,
+    _nanmedian_rows,
+    _trailing_reduce,
     device_positions,
     trailing_max,
     trailing_mean,
@@ -246,6 +249,34 @@ def test_trailing_mean_and_max_are_per_device_and_batch_invariant():
 
     cuts = np.r_[0, np.arange(7, 500, 37), 500]
     assert np.array_equal(stream(batch, 3, cuts, both), both(batch))
+
+
+@pytest.mark.parametrize("length", [1, 2, 3, 7, 20, 21, 39, 64])
+def test_trailing_statistics_at_a_few_rows_equal_those_of_every_row_bit_for_bit(length):
+    # The scorer computes its history-heavy batches' statistics at the new rows only (a tree over each row's
+    # own window); the trainer over every row (doubling passes): both must combine the same terms the same way.
+    rng = np.random.default_rng(length)
+    pos = np.concatenate([np.arange(k) for k in rng.integers(1, 90, size=120)])
+    values = rng.normal(size=(len(pos), 3)) * 1e3
+    values[rng.random(values.shape) < 0.05] = np.nan
+    at = np.sort(rng.choice(len(pos), size=len(pos) // 5, replace=False))
+    for ufunc, identity in ((np.add, 0.0), (np.maximum, -np.inf)):
+        every = _trailing_reduce(values, pos, length, ufunc, identity)
+        assert np.array_equal(_trailing_reduce(values, pos, length, ufunc, identity, at=at), every[at], equal_nan=True)
+        assert np.array_equal(
+            _trailing_reduce(values[:, 0], pos, length, ufunc, identity, at=at), every[at, 0], equal_nan=True
+        )
+
+
+def test_the_slow_baseline_median_equals_numpy_nanmedian():
+    rng = np.random.default_rng(5)
+    blocks = rng.normal(size=(300, 50, 4))
+    blocks[rng.random(blocks.shape) < 0.4] = np.nan
+    blocks[7], blocks[8, 1:] = np.nan, np.nan  # no value at all; one value
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=RuntimeWarning)  # the all-NaN rows
+        expected = np.nanmedian(blocks, axis=1)
+    assert np.array_equal(_nanmedian_rows(blocks), expected, equal_nan=True)
 
 
 def test_million_rows_of_eight_channels_transform_in_seconds_without_record_loops():

@@ -28,6 +28,11 @@ class ScorerSettings(BaseSettings):
         "ANOMSTREAM_TRANSACTIONAL_ID", "", "transactional.id (empty: <group>-<host>-<pid>, unique per process)"
     )
     batch_size: int = env("ANOMSTREAM_SCORER_BATCH_SIZE", 20_000, "most records consumed and scored at once", ge=1)
+    batch_per_device: int = env(
+        "ANOMSTREAM_SCORER_BATCH_PER_DEVICE", 16,
+        "with many devices a batch grows to this many records per device held (at most 10 x batch size): each "
+        "batch makes one pass over its devices' history, so a few records per device amortise it (0: never)", ge=0,
+    )
     batch_timeout: float = env(
         "ANOMSTREAM_SCORER_BATCH_TIMEOUT", 0.02, "longest wait (s) to fill a batch: bounds added latency", gt=0
     )

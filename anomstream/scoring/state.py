@@ -69,6 +69,7 @@ class DeviceHistory:
         self.raw = np.empty(0)  # detector score of each row, NaN until known
         self.baseline_step = baseline_step
         self.blocks: BlockSums | None = BlockSums.empty(len(channels)) if baseline_step else None
+        self._device_count: int | None = 0  # None: count again
 
     @classmethod
     def for_model(cls, model: AnomalyModel) -> DeviceHistory:
@@ -82,6 +83,13 @@ class DeviceHistory:
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    @property
+    def device_count(self) -> int:
+        """Devices with rows held."""
+        if self._device_count is None:
+            self._device_count = len(pd.unique(self.rows.device_id))
+        return self._device_count
 
     def counts(self, device_ids: np.ndarray) -> np.ndarray:
         """Readings held for each of ``device_ids``, as rows or in the baseline's blocks."""
@@ -130,6 +138,7 @@ class DeviceHistory:
         merged_raw = np.concatenate([self.raw[mine], np.asarray(raw, dtype=np.float64)])
         keep = last_per_device(merged, self.context)
         self.rows = TelemetryBatch.concat([self.rows.take(~mine), merged.take(keep)])
+        self._device_count = None
         self.partition = np.concatenate([self.partition[~mine], merged_partition[keep]])
         self.raw = np.concatenate([self.raw[~mine], merged_raw[keep]])
         if self.blocks is not None:
@@ -147,11 +156,13 @@ class DeviceHistory:
         if self.blocks is not None:
             self.blocks = self._blocks_with_older(self.blocks, older, merged, merged_partition)
         self.rows, self.partition, self.raw = merged.take(keep), merged_partition[keep], merged_raw[keep]
+        self._device_count = None
 
     def forget(self, partitions: set[int]) -> int:
         """Drop the devices of ``partitions``; return the rows dropped."""
         gone = np.isin(self.partition, list(partitions))
         self.rows, self.partition, self.raw = self.rows.take(~gone), self.partition[~gone], self.raw[~gone]
+        self._device_count = None
         if self.blocks is not None:
             self.blocks = self.blocks.take(~np.isin(self.blocks.partition, list(partitions)))
         return int(gone.sum())
