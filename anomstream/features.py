@@ -629,7 +629,7 @@ def fold_blocks(
         ours = np.flatnonzero(held >= 0)
         key = pd.MultiIndex.from_arrays([held[ours], prior.block[ours]])
         found = key.get_indexer(pd.MultiIndex.from_arrays([codes[starts], block[starts]]))
-        found = np.where(found >= 0, ours[np.maximum(found, 0)], -1)
+        found[found >= 0] = ours[found[found >= 0]]
         found[np.r_[False, codes[starts][1:] == codes[starts][:-1]]] = -1  # only a device's first new block
         hit = found >= 0
         total[hit], count[hit] = prior.total[found[hit]], prior.count[found[hit]]

@@ -83,6 +83,8 @@ class ScorerReport:
     aborted: int = 0
     first_record_at: float | None = None
     first_commit_at: float | None = None
+    history_peak_bytes: int = 0  # the most device history held after a batch (estimated)
+    history_evicted: int = 0  # devices evicted from history under its budget
     last_commit_at: float | None = None
     started_at: float = field(default_factory=time.time)
     model: str = ""
@@ -216,7 +218,8 @@ class Scorer:
         logger.info("scorer stopped: %s", self.report.summary(), extra={
             "records_scored": self.report.scored, "anomalies": self.report.anomalies,
             "dead_letters": sum(self.report.dead_letters.values()), "active_s": round(self.report.active_s, 3),
-            "first_commit_at": self.report.first_commit_at,
+            "first_commit_at": self.report.first_commit_at, "history_peak_bytes": self.report.history_peak_bytes,
+            "history_evicted": self.report.history_evicted,
         })  # fmt: skip
 
     # -- the loop --------------------------------------------------------------------------------------------
@@ -303,7 +306,15 @@ class Scorer:
         outputs += self._dead_letter_outputs(good, decoded)
         if not self._commit_batch(outputs, partition, offset, good):
             return
-        self._history.advance(batch, rows_partition, scored.raw)
+        self._history.advance(batch, rows_partition, scored.raw, rows_offset)
+        evicted = self._history.evict(self.settings.history_mb * 1e6)
+        if evicted:
+            self.metrics.history_evicted.inc(evicted)
+            self.report.history_evicted += evicted
+            logger.debug("%d idle devices evicted from history", evicted)
+        self.metrics.history_devices.set(self._history.device_count)
+        self.metrics.history_bytes.set(self._history.nbytes)
+        self.report.history_peak_bytes = max(self.report.history_peak_bytes, self._history.nbytes)
         self._incidents.apply(incidents)
         self.metrics.incidents.labels("opened").inc(incidents.opened)
         self.metrics.incidents.labels("closed").inc(incidents.closed)

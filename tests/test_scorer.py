@@ -452,6 +452,85 @@ def _produce_in_background(kafka: KafkaSettings, topic: str, *args: str) -> subp
     return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+# -- history under a memory budget: idle devices evicted, read back when they return ---------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_devices_evicted_under_the_history_budget_are_read_back_when_they_return_and_score_as_offline(
+    stack: Any,
+    topics: TopicSettings,
+    topic_env: dict[str, str],
+    scorer_env: dict[str, str],
+    tmp_path: Path,
+    scorers: list[ScorerProcess],
+) -> None:
+    # Half the fleet goes quiet while the other half reports, then returns: with room for about four
+    # devices' history, the quiet ones are evicted and must be read back, or their next readings would score
+    # as a new device's (warm-up, no slow baseline) instead of as the offline pass over each whole stream.
+    kafka = stack.kafka_settings
+    fleet = generate_fleet(FleetSpec(devices=8, records=8_000, seed=4, anomaly_rate=0.03))
+    store = ModelStore(topic_env["ANOMSTREAM_MODEL_DIR"])
+    params = FAST_IFOREST | {"target_far": 0.02}
+    model = AnomalyModel.fit(fleet.take(slice(0, 2_400)), "iforest", per_device=True, params=params)
+    publish(store, "fleet", model, kafka, topics)
+    first = np.isin(fleet.device_id, [f"sim-000{i}" for i in range(4)])
+    early = fleet.seq < 500
+    phases = [first & early, ~first & early, ~first & ~early, first & ~early]
+    encoder = TelemetryEncoder(kafka_registry(kafka), topics.telemetry_topic)
+    producer = Producer({"bootstrap.servers": kafka.bootstrap_servers})
+    for phase in phases:  # into one partition, so that the scorer reads the phases in this order
+        part = fleet.take(phase)
+        for key, value in zip(part.device_id, encoder.encode(part), strict=True):
+            producer.produce(topics.telemetry_topic, value=value, key=str(key).encode(), partition=0)
+    assert producer.flush(30) == 0
+    assert sum(int(p.sum()) for p in phases) == len(fleet)
+
+    probe = DeviceHistory.for_model(model)  # what four devices' history holds: rows and baseline blocks
+    quiet_first = fleet.take(phases[0])
+    probe.advance(quiet_first, np.zeros(len(quiet_first), dtype=np.int32), np.zeros(len(quiet_first)))
+    budget = 4.5 * probe.nbytes / 4 / 1e6  # room for about four devices
+    env = scorer_env | {"ANOMSTREAM_SCORER_HISTORY_MB": str(budget), "ANOMSTREAM_SCORER_BATCH_SIZE": "400"}
+    scorer = start_scorer(scorers, env, tmp_path, "--idle-exit", "6")
+    assert scorer.finish() == 0
+    assert any("scored 8,000 of 8,000 records" in m for m in scorer.messages())
+    returned = [m for m in scorer.messages() if m.startswith("reading back") and "evicted devices" in m]
+    assert returned, "no device was evicted and read back: the budget did not bite"
+    streamed = keys_of(anomalies(kafka, topics.anomaly_topic))
+    assert len(streamed) == len(set(streamed)), "duplicates on the anomaly topic"
+    expected = offline_flags(model, per_device(fleet))
+    late = {k for k in expected if k[1] >= 500}
+    assert len(late) > 20  # flags after the quiet time: what a lost history would change
+    assert set(streamed) == expected
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_a_churning_fleet_of_100000_devices_seen_once_each_stays_within_the_history_budget(
+    stack: Any,
+    topics: TopicSettings,
+    topic_env: dict[str, str],
+    scorer_env: dict[str, str],
+    tmp_path: Path,
+    scorers: list[ScorerProcess],
+) -> None:
+    # Without eviction this history would hold ~38 MB (a row and a baseline block per device); with 5 MB it
+    # must evict, and forget the oldest evicted devices' entries too. Every record is still scored.
+    kafka = stack.kafka_settings
+    store = ModelStore(topic_env["ANOMSTREAM_MODEL_DIR"])
+    training = generate_fleet(FleetSpec(devices=5, records=5_000, seed=3))
+    publish(store, "churn", AnomalyModel.fit(training, "pca"), kafka, topics)
+    produce(kafka, topics.telemetry_topic, "synthetic", devices=100_000, records=100_000, seed=5)
+    budget_mb = 5.0
+    env = scorer_env | {"ANOMSTREAM_SCORER_HISTORY_MB": str(budget_mb)}
+    scorer = start_scorer(scorers, env, tmp_path, "--idle-exit", "6")
+    assert scorer.finish() == 0
+    (stopped,) = [e for e in scorer.lines() if str(e.get("message", "")).startswith("scorer stopped")]
+    assert stopped["records_scored"] == 100_000 and stopped["dead_letters"] == 0
+    assert stopped["history_evicted"] > 50_000
+    assert 0 < stopped["history_peak_bytes"] <= budget_mb * 1e6
+
+
 # -- SIGKILL: no duplicate, no gap -----------------------------------------------------------------------------
 
 

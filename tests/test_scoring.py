@@ -146,6 +146,31 @@ def _stream(
     return flagged, scores
 
 
+def test_history_over_its_budget_evicts_the_devices_seen_least_recently() -> None:
+    batch = _fleet(devices=5, records=1_500, seed=2)
+    model = AnomalyModel.fit(batch, "pca", per_device=True)
+    history = DeviceHistory.for_model(model)
+    devices = sorted(set(batch.device_id))
+    for i, device in enumerate(devices):  # one device per batch, from partition i, offsets 1000 i ...
+        rows = batch.take(batch.device_id == device)
+        offset = 1_000 * i + np.arange(len(rows))
+        history.advance(rows, np.full(len(rows), i, dtype=np.int32), np.zeros(len(rows)), offset)
+    per_device = history.nbytes / len(devices)
+    assert history.evict(history.nbytes) == 0  # within the budget: nothing goes
+    assert history.evict(3.3 * per_device) == 3  # down to 0.9 x the budget: two devices stay
+    sizes = [int((batch.device_id == d).sum()) for d in devices[:3]]
+    ends = {d: (i, 1_000 * i + size) for i, (d, size) in enumerate(zip(devices[:3], sizes, strict=True))}
+    assert history.evicted == ends  # partition, and the offset after the last reading
+    assert sorted(set(history.rows.device_id)) == devices[3:] and history.device_count == 2
+    assert history.blocks is not None and set(history.blocks.device_id) == set(devices[3:])
+    assert history.returning(np.array([devices[4], devices[1], devices[1]], dtype=object)) == {
+        devices[1]: (1, 1_000 + sizes[1])
+    }
+    assert history.evict(0.0) == 2
+    assert not len(history.rows) and not len(history.blocks)
+    assert not history.evicted  # the evicted devices' entries are over the budget too: forgotten, oldest first
+
+
 @pytest.mark.parametrize("detector,params", [
     ("iforest", {"n_estimators": 50, "target_far": 0.01}),
     ("iforest", {"n_estimators": 50, "baseline": 100}),  # blocks of 2 readings: the oldest are dropped

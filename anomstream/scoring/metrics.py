@@ -56,12 +56,16 @@ class ScorerMetrics:
         self.lag = Gauge("anomstream_scorer_consumer_lag", "High watermark minus position", ["partition"], registry=r)
         self.assigned = Gauge("anomstream_scorer_assigned_partitions", "Partitions assigned", registry=r)
         self.model_info = Gauge(
-            "anomstream_scorer_model_info", "The model serving (value 1)", ["model", "version", "detector", "device"],
+            "anomstream_scorer_model_info",
+            "The model serving (value 1)",
+            ["model", "version", "detector", "device"],
             registry=r,
         )
         self.model_reloads = Counter("anomstream_scorer_model_reloads", "Models swapped in", registry=r)
         self.model_load_failures = Counter(
-            "anomstream_scorer_model_load_failures", "Model versions refused (integrity or load error)", ["model"],
+            "anomstream_scorer_model_load_failures",
+            "Model versions refused (integrity or load error)",
+            ["model"],
             registry=r,
         )
         self.transient_errors = Counter(
@@ -80,13 +84,24 @@ class ScorerMetrics:
             registry=r,
         )
         self.target_far = Gauge(
-            "anomstream_scorer_target_far", "The serving model's calibrated false-alarm rate", ["model", "version"],
+            "anomstream_scorer_target_far",
+            "The serving model's calibrated false-alarm rate",
+            ["model", "version"],
             registry=r,
         )
         self._model: tuple[str, str] | None = None
         self._flagged_since_swap, self._scored_since_swap = 0, 0
         self.rebuild_records = Counter(
             "anomstream_scorer_history_records_read", "Records read back to rebuild device history", registry=r
+        )
+        self.history_devices = Gauge("anomstream_scorer_history_devices", "Devices with history held", registry=r)
+        self.history_bytes = Gauge(
+            "anomstream_scorer_history_bytes", "Memory held by device history (estimated)", registry=r
+        )
+        self.history_evicted = Counter(
+            "anomstream_scorer_history_evicted_devices",
+            "Devices dropped from history under its memory budget (read back if they return)",
+            registry=r,
         )
 
     def set_model(self, name: str, version: int, detector: str, device: str, target_far: float) -> None:

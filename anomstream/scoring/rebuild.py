@@ -8,6 +8,9 @@ reached. A device that shows up later without enough history (a sparse device la
 ``c``) makes its partition read further back, on demand (:meth:`HistoryRebuilder.complete`), before its
 readings are scored. Each partition is read back at most once down to its start per assignment.
 
+A device evicted from history under its memory budget (:meth:`DeviceHistory.evict`) is read back when it
+shows up again, from the offset after its last reading down, keeping only its own readings.
+
 Read-back uses its own consumer with ``assign()`` (no group, no commits) and ``read_committed``, and decodes
 with the scorer's decoder, so history holds exactly the records the previous owner scored (bad records,
 which went to the dead-letter topic, are skipped by both).
@@ -93,7 +96,10 @@ class HistoryRebuilder:
 
     def complete(self, history: DeviceHistory, batch: TelemetryBatch, partition: np.ndarray,
                  decoder: ColumnarTelemetryDecoder) -> None:  # fmt: skip
-        """Read further back for devices of ``batch`` that lack the history their first reading needs."""
+        """Read further back for devices of ``batch`` that lack the history their first reading needs, and read
+        back evicted devices that show up again."""
+        if history.evicted and history.reach and len(batch):
+            self._read_back_evicted(history, batch, decoder)
         open_scans = [p for p, scan in self._scans.items() if not scan.exhausted]
         if not history.reach or not len(batch) or not open_scans:
             return
@@ -113,37 +119,59 @@ class HistoryRebuilder:
         logger.info("reading back further for %d devices lacking history", len(wanted))
         self._read_back(history, {p: self._scans[p] for p in set(wanted.values())}, decoder, wanted)
 
+    def _read_back_evicted(
+        self, history: DeviceHistory, batch: TelemetryBatch, decoder: ColumnarTelemetryDecoder
+    ) -> None:
+        returning = history.returning(batch.device_id)
+        if not returning:
+            return
+        ends: dict[int, int] = {}
+        for partition, end in returning.values():
+            ends[partition] = max(ends.get(partition, 0), end)
+        scans = {p: _Scan(self._watermarks(p)[0], end) for p, end in ends.items()}
+        logger.info("reading back %d evicted devices that showed up again", len(returning))
+        self._read_back(history, scans, decoder, {d: p for d, (p, _) in returning.items()}, only_devices=True)
+        history.returned(returning)
+
     def _read_back(
         self,
         history: DeviceHistory,
         scans: dict[int, _Scan],
         decoder: ColumnarTelemetryDecoder,
         devices: dict[str, int] | None,
+        only_devices: bool = False,
     ) -> None:
-        """Read back windows of growing size until the devices (all seen, or ``devices``) are covered."""
+        """Read back windows of growing size until the devices (all seen, or ``devices``) are covered; with
+        ``only_devices``, keep the readings of ``devices`` alone (the others' are held already)."""
         window = FIRST_WINDOW
-        found: list[tuple[TelemetryBatch, np.ndarray]] = []
+        found: list[tuple[TelemetryBatch, np.ndarray, np.ndarray]] = []
         pending = {p: s.scanned_from for p, s in scans.items() if not s.exhausted}
         reached = dict(pending)
         while pending:
             ranges = {p: (max(scans[p].low, end - window), end) for p, end in pending.items()}
-            batch, partition = self._read(ranges, decoder)
-            found.insert(0, (batch, partition))
+            batch, partition, offset = self._read(ranges, decoder)
+            if only_devices and devices is not None:
+                ours = pd.Index(batch.device_id, dtype=object).isin(list(devices))
+                batch, partition, offset = batch.take(ours), partition[ours], offset[ours]
+            found.insert(0, (batch, partition, offset))
             for p, (start, _) in ranges.items():
                 reached[p] = start
             covered = _covered(found, history.reach, devices)
             pending = {p: reached[p] for p in pending if reached[p] > scans[p].low and not covered.get(p, False)}
             window *= 4
         if found:
-            older = TelemetryBatch.concat([b for b, _ in found])
-            history.absorb_older(older, np.concatenate([p for _, p in found]))
+            older = TelemetryBatch.concat([b for b, _, _ in found])
+            history.absorb_older(
+                older, np.concatenate([p for _, p, _ in found]), np.concatenate([o for _, _, o in found])
+            )
         for p, start in reached.items():
             scans[p].scanned_from = start
 
     def _read(
         self, ranges: dict[int, tuple[int, int]], decoder: ColumnarTelemetryDecoder
-    ) -> tuple[TelemetryBatch, np.ndarray]:
-        """Good records of ``[start, end)`` per partition, in offset order per partition."""
+    ) -> tuple[TelemetryBatch, np.ndarray, np.ndarray]:
+        """Good records of ``[start, end)`` per partition, in offset order per partition; their partitions and
+        offsets."""
         todo = {p: r for p, r in ranges.items() if r[1] > r[0]}
         values: list[bytes | None] = []
         keys: list[bytes | None] = []
@@ -173,10 +201,11 @@ class HistoryRebuilder:
         self.records_read += len(values)
         order = np.lexsort((np.asarray(offsets), np.asarray(partitions)))
         if not values:
-            return empty_batch(decoder.channels), np.empty(0, dtype=np.int32)
+            return empty_batch(decoder.channels), np.empty(0, dtype=np.int32), np.empty(0, dtype=np.int64)
         # the records the previous owner scored: not the bad ones, nor those keyed by another than their device
         result = reject_foreign_keys(decoder.decode([values[i] for i in order]), [keys[i] for i in order])
-        return result.batch, np.asarray(partitions, dtype=np.int32)[order][result.index]
+        kept = order[result.index]
+        return result.batch, np.asarray(partitions, dtype=np.int32)[kept], np.asarray(offsets, dtype=np.int64)[kept]
 
     def _drop_finished(self, todo: dict[int, tuple[int, int]]) -> bool:
         """Drop partitions whose position reached their end; say whether any finished."""
@@ -202,11 +231,11 @@ class HistoryRebuilder:
 
 
 def _covered(
-    found: list[tuple[TelemetryBatch, np.ndarray]], context: int, devices: dict[str, int] | None
+    found: list[tuple[TelemetryBatch, np.ndarray, np.ndarray]], context: int, devices: dict[str, int] | None
 ) -> dict[int, bool]:
     """Per partition: whether every device seen (or each of ``devices``, by partition) has its history."""
-    batch = TelemetryBatch.concat([b for b, _ in found])
-    partition = np.concatenate([p for _, p in found])
+    batch = TelemetryBatch.concat([b for b, _, _ in found])
+    partition = np.concatenate([p for _, p, _ in found])
     frame = pd.DataFrame({"device": batch.device_id, "seq": batch.seq, "partition": partition})
     if devices is not None:
         frame = frame[frame["device"].isin(list(devices))]

@@ -29,9 +29,18 @@ class ScorerSettings(BaseSettings):
     )
     batch_size: int = env("ANOMSTREAM_SCORER_BATCH_SIZE", 20_000, "most records consumed and scored at once", ge=1)
     batch_per_device: int = env(
-        "ANOMSTREAM_SCORER_BATCH_PER_DEVICE", 16,
+        "ANOMSTREAM_SCORER_BATCH_PER_DEVICE",
+        16,
         "with many devices a batch grows to this many records per device held (at most 10 x batch size): each "
-        "batch makes one pass over its devices' history, so a few records per device amortise it (0: never)", ge=0,
+        "batch makes one pass over its devices' history, so a few records per device amortise it (0: never)",
+        ge=0,
+    )
+    history_mb: float = env(
+        "ANOMSTREAM_SCORER_HISTORY_MB",
+        512.0,
+        "memory budget (MB) of device history: beyond it the devices seen least recently are dropped, and read "
+        "back from the topic if they return",
+        gt=0,
     )
     batch_timeout: float = env(
         "ANOMSTREAM_SCORER_BATCH_TIMEOUT", 0.02, "longest wait (s) to fill a batch: bounds added latency", gt=0
@@ -43,7 +52,9 @@ class ScorerSettings(BaseSettings):
         "ANOMSTREAM_IDLE_EXIT", None, "leave the group and exit 0 after this many seconds without records", gt=0
     )
     incident_quiet: float = env(
-        "ANOMSTREAM_INCIDENT_QUIET_S", 300.0, "seconds of event time without a flagged reading that close an incident",
+        "ANOMSTREAM_INCIDENT_QUIET_S",
+        300.0,
+        "seconds of event time without a flagged reading that close an incident",
         gt=0,
     )
     suppression_file: Path | None = env(

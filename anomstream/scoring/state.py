@@ -15,9 +15,16 @@ stays in history (with small batches and many devices, history rows would outnum
 
 History is kept per partition so that a revoked partition's devices are forgotten at once; it is rebuilt by
 :mod:`anomstream.scoring.rebuild` when a partition is assigned.
+
+History has a memory budget (:meth:`DeviceHistory.evict`): beyond it, the devices seen least recently are
+dropped, and each one's partition and the offset after its last reading are returned, so that the rebuilder
+reads its readings back when the device shows up again: it then scores as if it had never been dropped.
 """
 
 from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, fields
 
 import numpy as np
 import pandas as pd
@@ -37,6 +44,40 @@ def empty_batch(channels: tuple[str, ...]) -> TelemetryBatch:
         np.empty((0, len(channels))),
         np.empty(0, dtype=np.int8),
     )
+
+
+ROW_BYTES = 120  # memory of a history row besides its values: id (a str of its own), seq, time, label, facts
+BLOCK_BYTES = 64  # memory of a baseline block besides its sums and counts
+EVICTED_BYTES = 160  # memory of an evicted device's entry: its id, partition and offset in a dict
+EVICT_TO = 0.9  # an eviction brings history down to this share of its budget (so it does not run every batch)
+
+
+@dataclass(frozen=True)
+class _Facts:
+    """Per history row: source partition and offset (-1: unknown), detector score (NaN until known), and the
+    ``advance`` that took it in (how recently its device was seen)."""
+
+    partition: np.ndarray
+    offset: np.ndarray
+    raw: np.ndarray
+    seen: np.ndarray
+
+    @classmethod
+    def of(cls, partition: np.ndarray, offset: np.ndarray | None, raw: np.ndarray | None, seen: int) -> _Facts:
+        n = len(partition)
+        return cls(
+            np.asarray(partition, dtype=np.int32),
+            np.full(n, -1, dtype=np.int64) if offset is None else np.asarray(offset, dtype=np.int64),
+            np.full(n, np.nan) if raw is None else np.asarray(raw, dtype=np.float64),
+            np.full(n, seen, dtype=np.int64),
+        )
+
+    def take(self, rows: np.ndarray) -> _Facts:
+        return _Facts(*(getattr(self, f.name)[rows] for f in fields(self)))
+
+    @staticmethod
+    def concat(parts: list[_Facts]) -> _Facts:
+        return _Facts(*(np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(_Facts)))
 
 
 def last_per_device(batch: TelemetryBatch, count: int) -> np.ndarray:
@@ -65,8 +106,10 @@ class DeviceHistory:
         self.context = context
         self.reach = context if reach is None else reach
         self.rows = empty_batch(channels)
-        self.partition = np.empty(0, dtype=np.int32)
-        self.raw = np.empty(0)  # detector score of each row, NaN until known
+        self.facts = _Facts.of(np.empty(0, dtype=np.int32), None, None, 0)
+        self._tick = 0  # advances so far
+        # devices evicted, oldest first: partition and the offset after the last reading, to read them back
+        self.evicted: dict[str, tuple[int, int]] = {}
         self.baseline_step = baseline_step
         self.blocks: BlockSums | None = BlockSums.empty(len(channels)) if baseline_step else None
         self._device_count: int | None = 0  # None: count again
@@ -115,57 +158,117 @@ class DeviceHistory:
         used = np.flatnonzero(self._of_devices(batch.device_id))
         if not len(used):
             return batch, used, unknown
-        return TelemetryBatch.concat([self.rows.take(used), batch]), used, np.concatenate([self.raw[used], unknown])
+        return (
+            TelemetryBatch.concat([self.rows.take(used), batch]),
+            used,
+            np.concatenate([self.facts.raw[used], unknown]),
+        )
 
     def forget_scores(self) -> None:
         """Drop the detector scores of the rows held (another model serves now): the next batch scores the
         rows again with the new model, so that its first readings score as the new model's offline pass."""
-        self.raw = np.full(len(self.rows), np.nan)
+        self.facts.raw[:] = np.nan
 
     def remember(self, used: np.ndarray, raw: np.ndarray) -> None:
         """Keep the detector scores computed for history rows ``used`` (those that were unknown)."""
         if len(used):
-            self.raw[used] = raw
+            self.facts.raw[used] = raw
 
-    def advance(self, batch: TelemetryBatch, partition: np.ndarray, raw: np.ndarray) -> None:
-        """Take in scored rows (each device's rows in ``seq`` order) and their detector scores, keeping the
-        last ``context`` rows per device."""
+    def advance(
+        self, batch: TelemetryBatch, partition: np.ndarray, raw: np.ndarray, offset: np.ndarray | None = None
+    ) -> None:
+        """Take in scored rows (each device's rows in ``seq`` order), their source partitions, detector scores
+        and source offsets (None: unknown, the device cannot be read back once evicted), keeping the last
+        ``context`` rows per device."""
+        self._tick += 1
         if not self.context or not len(batch):
             return
         mine = self._of_devices(batch.device_id)
         merged = TelemetryBatch.concat([self.rows.take(mine), batch])
-        merged_partition = np.concatenate([self.partition[mine], np.asarray(partition, dtype=np.int32)])
-        merged_raw = np.concatenate([self.raw[mine], np.asarray(raw, dtype=np.float64)])
+        merged_facts = _Facts.concat([self.facts.take(mine), _Facts.of(partition, offset, raw, self._tick)])
         keep = last_per_device(merged, self.context)
-        self.rows = TelemetryBatch.concat([self.rows.take(~mine), merged.take(keep)])
-        self._device_count = None
-        self.partition = np.concatenate([self.partition[~mine], merged_partition[keep]])
-        self.raw = np.concatenate([self.raw[~mine], merged_raw[keep]])
+        self._hold(TelemetryBatch.concat([self.rows.take(~mine), merged.take(keep)]),
+                   _Facts.concat([self.facts.take(~mine), merged_facts.take(keep)]))  # fmt: skip
         if self.blocks is not None:
             self.blocks = fold_blocks(self.blocks, batch.device_id, batch.seq, batch.values, partition,
                                       self.baseline_step, self.reach)  # fmt: skip
 
-    def absorb_older(self, older: TelemetryBatch, partition: np.ndarray) -> None:
-        """Add readings that precede everything held (read back on assignment), oldest first."""
+    def absorb_older(self, older: TelemetryBatch, partition: np.ndarray, offset: np.ndarray | None = None) -> None:
+        """Add readings that precede everything held of their devices (read back), oldest first."""
         if not self.context or not len(older):
             return
         merged = TelemetryBatch.concat([older, self.rows])
-        merged_partition = np.concatenate([np.asarray(partition, dtype=np.int32), self.partition])
-        merged_raw = np.concatenate([np.full(len(older), np.nan), self.raw])
+        merged_facts = _Facts.concat([_Facts.of(partition, offset, None, self._tick), self.facts])
         keep = last_per_device(merged, self.context)
         if self.blocks is not None:
-            self.blocks = self._blocks_with_older(self.blocks, older, merged, merged_partition)
-        self.rows, self.partition, self.raw = merged.take(keep), merged_partition[keep], merged_raw[keep]
-        self._device_count = None
+            self.blocks = self._blocks_with_older(self.blocks, older, merged, merged_facts.partition)
+        self._hold(merged.take(keep), merged_facts.take(keep))
 
     def forget(self, partitions: set[int]) -> int:
         """Drop the devices of ``partitions``; return the rows dropped."""
-        gone = np.isin(self.partition, list(partitions))
-        self.rows, self.partition, self.raw = self.rows.take(~gone), self.partition[~gone], self.raw[~gone]
-        self._device_count = None
+        gone = np.isin(self.facts.partition, list(partitions))
+        self._hold(self.rows.take(~gone), self.facts.take(~gone))
+        self.evicted = {d: place for d, place in self.evicted.items() if place[0] not in partitions}
         if self.blocks is not None:
             self.blocks = self.blocks.take(~np.isin(self.blocks.partition, list(partitions)))
         return int(gone.sum())
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held, estimated: rows with their values, the baseline's blocks, the evicted devices' entries."""
+        width = len(self.rows.channels)
+        blocks = 0 if self.blocks is None else len(self.blocks) * (BLOCK_BYTES + 16 * width)
+        return len(self.rows) * (ROW_BYTES + 8 * width) + blocks + len(self.evicted) * EVICTED_BYTES
+
+    def evict(self, budget_bytes: float) -> int:
+        """Beyond ``budget_bytes``, drop the devices seen least recently until history holds ``EVICT_TO`` of the
+        budget; return how many were dropped.
+
+        Each dropped device is remembered in :attr:`evicted` (its partition, and the offset after its last
+        reading) so that the rebuilder reads it back when it returns. Those entries count in the budget too: when
+        they alone exceed it, the oldest are forgotten, and such a device, if it ever returns, starts afresh.
+        """
+        held = self.nbytes
+        if held <= budget_bytes or not len(self.rows):
+            return 0
+        target = EVICT_TO * budget_bytes
+        frame = pd.DataFrame({"device": self.rows.device_id, "seen": self.facts.seen,
+                              "partition": self.facts.partition, "offset": self.facts.offset})  # fmt: skip
+        per_device = frame.groupby("device", sort=False).agg(
+            seen=("seen", "max"), partition=("partition", "last"), offset=("offset", "max"), rows=("seen", "size")
+        )
+        per_device = per_device.sort_values("seen", kind="stable")  # a budget too small for one batch's
+        # devices evicts some of them too (a churning fleet's devices are seen once): correct, but those that
+        # come back are read back each time
+        share = (held - len(self.evicted) * EVICTED_BYTES) / len(self.rows)  # a row's share, blocks included
+        freed = np.cumsum(per_device["rows"].to_numpy() * share - EVICTED_BYTES)
+        count = min(int(np.searchsorted(freed, held - target)) + 1, len(per_device))
+        gone = per_device.iloc[:count]
+        devices = gone.index.to_numpy(dtype=object)
+        drop = pd.Index(self.rows.device_id, dtype=object).isin(devices)
+        self._hold(self.rows.take(~drop), self.facts.take(~drop))
+        if self.blocks is not None:
+            self.blocks = self.blocks.take(~self.blocks.of_devices(devices))
+        for device, partition, last in zip(devices, gone["partition"], gone["offset"], strict=True):
+            if last >= 0:  # offsets known: it can be read back
+                self.evicted[str(device)] = (int(partition), int(last) + 1)
+        excess = int(np.ceil(max(self.nbytes - target, 0) / EVICTED_BYTES))
+        for device in list(itertools.islice(self.evicted, min(excess, len(self.evicted)))):
+            del self.evicted[device]
+        return count
+
+    def returning(self, device_ids: np.ndarray) -> dict[str, tuple[int, int]]:
+        """The evicted devices among ``device_ids``, with their partitions and the offsets after their last
+        readings (see :meth:`returned`)."""
+        return {str(d): self.evicted[str(d)] for d in pd.unique(device_ids) if str(d) in self.evicted}
+
+    def returned(self, devices: dict[str, tuple[int, int]]) -> None:
+        """The evicted ``devices`` were read back."""
+        for device in devices:
+            self.evicted.pop(device, None)
+
+    def _hold(self, rows: TelemetryBatch, facts: _Facts) -> None:
+        self.rows, self.facts, self._device_count = rows, facts, None
 
     def _blocks_with_older(
         self, blocks: BlockSums, older: TelemetryBatch, merged: TelemetryBatch, partition: np.ndarray
