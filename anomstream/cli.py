@@ -1,7 +1,9 @@
 """The ``anomstream`` command: one sub-command per service, each defined in its own module.
 
 Only the module of the command being run is imported, so ``anomstream stack up`` does not pay for torch or
-pandas. Each module exposes ``add_parser(subparsers)``, which registers its command and sets ``func``.
+pandas. Each module exposes ``add_parser(subparsers)``, which registers its command and sets ``func``
+(:func:`add_command` does it for a command whose flags are settings classes); long-running commands stop on
+SIGTERM and Ctrl-C through :class:`StopOnSignals`.
 """
 
 from __future__ import annotations
@@ -10,9 +12,16 @@ import argparse
 import importlib
 import logging
 import os
+import signal
 import sys
+import threading
+from collections.abc import Callable, Sequence
+from types import FrameType
+from typing import Any
 
 from anomstream import __version__
+
+logger = logging.getLogger(__name__)
 
 # command -> (module defining it, one-line help shown by `anomstream --help`)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -25,6 +34,62 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "alert": ("scorer.alert_cli", "drive Prometheus Alertmanager from the incident topic (fire, refresh, resolve)"),
     "eval": ("trainer.eval_cli", "evaluate detectors offline on labelled benchmark data (SKAB, NAB)"),
 }
+
+
+def add_command(
+    subparsers: Any,
+    name: str,
+    doc: str | None,
+    epilog: str,
+    settings: Sequence[Any],
+    run: Callable[[argparse.Namespace], int],
+) -> argparse.ArgumentParser:
+    """Register command ``name`` (its one-line help from :data:`COMMANDS`): ``doc`` as its description,
+    ``epilog`` as examples, one flag per field of each settings class in ``settings`` (a class, or a
+    ``(class, group title)`` pair) and ``run`` as what it does. Returns the parser, for extra flags."""
+    from anomstream.config import add_settings_arguments
+
+    parser = subparsers.add_parser(
+        name,
+        help=COMMANDS[name][1],
+        description=doc,
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    for entry in settings:
+        cls, title = entry if isinstance(entry, tuple) else (entry, None)
+        add_settings_arguments(parser, cls, title)
+    parser.set_defaults(func=run)
+    return parser
+
+
+class StopOnSignals:
+    """Context manager: SIGTERM and SIGINT set an event (and name the signal) instead of killing the run.
+
+    A second Ctrl-C while stopping raises KeyboardInterrupt as usual, for a user who will not wait.
+    """
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.signal_name: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopOnSignals:
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.event.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal_name = signal.Signals(signum).name
+        logger.warning("%s: stopping; finishing the work in flight", self.signal_name)
+        self.event.set()
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:

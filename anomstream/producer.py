@@ -9,14 +9,12 @@ time sped up X times. SIGTERM and Ctrl-C stop reading the source, flush what is 
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from types import FrameType
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -274,35 +272,6 @@ def _send_slice(producer: Producer, topic: str, keys: list[bytes], values: list[
 def make_producer(kafka: KafkaSettings, client_id: str, report: ProduceReport) -> Producer:
     """An idempotent producer (``kafka_config.producer_config``) whose delivery failures count into ``report``."""
     return Producer(producer_config(kafka, client_id, **PRODUCER_OVERRIDES, on_delivery=DeliveryTally(report)))
-
-
-class StopOnSignals:
-    """Context manager: SIGTERM and SIGINT set an event (and name the signal) instead of killing the run.
-
-    A second Ctrl-C while stopping raises KeyboardInterrupt as usual, for a user who will not wait.
-    """
-
-    def __init__(self) -> None:
-        self.event = threading.Event()
-        self.signal_name: str | None = None
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> StopOnSignals:
-        if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.event.is_set() and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signal_name = signal.Signals(signum).name
-        log.warning("%s: stopping; flushing the records in flight", self.signal_name)
-        self.event.set()
 
 
 class ProducerSettings(BaseSettings):

@@ -11,9 +11,10 @@ import argparse
 import logging
 from typing import Any
 
-from anomstream.config import KafkaSettings, add_settings_arguments, parse_settings
+from anomstream.cli import StopOnSignals, add_command
+from anomstream.config import KafkaSettings, parse_settings
 from anomstream.errors import ConfigError
-from anomstream.producer import ProduceReport, ProducerSettings, StopOnSignals, run_producer
+from anomstream.producer import ProduceReport, ProducerSettings, run_producer
 
 log = logging.getLogger(__name__)
 
@@ -27,16 +28,7 @@ EPILOG = """examples:
 
 def add_parser(subparsers: Any) -> None:
     """Register ``produce``."""
-    parser = subparsers.add_parser(
-        "produce",
-        help="send a data set or a synthetic fleet to the telemetry topic (Avro, keyed by device)",
-        description=__doc__,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_settings_arguments(parser, ProducerSettings)
-    add_settings_arguments(parser, KafkaSettings)
-    parser.set_defaults(func=run)
+    add_command(subparsers, "produce", __doc__, EPILOG, (ProducerSettings, KafkaSettings), run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from anomstream.config import KafkaSettings, TopicSettings, add_settings_arguments, parse_settings
+from anomstream.cli import add_command
+from anomstream.config import KafkaSettings, TopicSettings, parse_settings
 
 EPILOG = """examples:
   anomstream alert --alertmanager-url http://127.0.0.1:9093
@@ -23,23 +24,13 @@ def add_parser(subparsers: Any) -> None:
     """Register ``alert``."""
     from anomstream.alerting import AlertSettings
 
-    parser = subparsers.add_parser(
-        "alert",
-        help="drive Prometheus Alertmanager from the incident topic (fire, refresh, resolve)",
-        description=__doc__,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_settings_arguments(parser, AlertSettings)
-    add_settings_arguments(parser, TopicSettings)
-    add_settings_arguments(parser, KafkaSettings)
-    parser.set_defaults(func=run)
+    add_command(subparsers, "alert", __doc__, EPILOG, (AlertSettings, TopicSettings, KafkaSettings), run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Forward incidents until Ctrl-C, SIGTERM or ``--idle-exit``."""
     from anomstream.alerting import AlertSettings, run_alerts
-    from anomstream.producer import StopOnSignals
+    from anomstream.cli import StopOnSignals
 
     settings, topics, kafka = parse_settings(args, "alert", AlertSettings, TopicSettings, KafkaSettings)
     with StopOnSignals() as signals:

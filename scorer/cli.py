@@ -11,11 +11,11 @@ import argparse
 import logging
 from typing import Any
 
+from anomstream.cli import add_command
 from anomstream.config import (
     KafkaSettings,
     ModelStoreSettings,
     TopicSettings,
-    add_settings_arguments,
     masked,
     parse_settings,
 )
@@ -33,24 +33,14 @@ def add_parser(subparsers: Any) -> None:
     """Register ``score``."""
     from anomstream.scoring.settings import ScorerSettings
 
-    parser = subparsers.add_parser(
-        "score",
-        help="score the telemetry topic as a member of the scorer group; anomalies to the anomaly topic",
-        description=__doc__,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_settings_arguments(parser, ScorerSettings)
-    add_settings_arguments(parser, TopicSettings)
-    add_settings_arguments(parser, ModelStoreSettings)
-    add_settings_arguments(parser, KafkaSettings)
-    parser.set_defaults(func=run)
+    settings = (ScorerSettings, TopicSettings, ModelStoreSettings, KafkaSettings)
+    add_command(subparsers, "score", __doc__, EPILOG, settings, run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Run one scorer with the parsed flags; returns the exit status."""
+    from anomstream.cli import StopOnSignals
     from anomstream.model_store import ModelStore
-    from anomstream.producer import StopOnSignals
     from anomstream.scorer import Scorer
     from anomstream.scoring.settings import ScorerSettings
 

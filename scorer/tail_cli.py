@@ -22,7 +22,8 @@ import os
 import sys
 from typing import Any
 
-from anomstream.config import KafkaSettings, TopicSettings, add_settings_arguments, parse_settings
+from anomstream.cli import add_command
+from anomstream.config import KafkaSettings, TopicSettings, parse_settings
 
 EPILOG = """examples:
   anomstream tail                          # follow, as a table
@@ -34,13 +35,7 @@ EPILOG = """examples:
 
 def add_parser(subparsers: Any) -> None:
     """Register ``tail``."""
-    parser = subparsers.add_parser(
-        "tail",
-        help="print the anomaly topic as a table or JSON lines (read_committed)",
-        description=__doc__,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = add_command(subparsers, "tail", __doc__, EPILOG, (TopicSettings, KafkaSettings), run)
     parser.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
     parser.add_argument("--incidents", action="store_true", help="print the incident topic instead of anomalies")
     parser.add_argument("--max", type=int, default=None, metavar="N", help="stop after N records")
@@ -56,9 +51,6 @@ def add_parser(subparsers: Any) -> None:
         default=os.environ.get("ANOMSTREAM_TAIL_GROUP") or None,
         help="consumer group to resume and commit with [env: ANOMSTREAM_TAIL_GROUP, default: none, read all]",
     )
-    add_settings_arguments(parser, TopicSettings)
-    add_settings_arguments(parser, KafkaSettings)
-    parser.set_defaults(func=run)
 
 
 def _env_float(name: str) -> float | None:
@@ -68,7 +60,7 @@ def _env_float(name: str) -> float | None:
 
 def run(args: argparse.Namespace) -> int:
     """Print anomalies until ``--max``, ``--timeout``, Ctrl-C or SIGTERM; returns the exit status."""
-    from anomstream.producer import StopOnSignals
+    from anomstream.cli import StopOnSignals
     from anomstream.tail import AnomalyReader, incident_row
 
     topics, kafka = parse_settings(args, "tail", TopicSettings, KafkaSettings)

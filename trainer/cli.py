@@ -11,11 +11,11 @@ import argparse
 import logging
 from typing import Any
 
+from anomstream.cli import add_command
 from anomstream.config import (
     KafkaSettings,
     ModelStoreSettings,
     TopicSettings,
-    add_settings_arguments,
     parse_settings,
 )
 from anomstream.model_store import ModelStore
@@ -32,18 +32,8 @@ EPILOG = """examples:
 
 def add_parser(subparsers: Any) -> None:
     """Register ``train``."""
-    parser = subparsers.add_parser(
-        "train",
-        help="fit a model on a window of the telemetry topic, evaluate it on a later window and publish it",
-        description=__doc__,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_settings_arguments(parser, TrainSettings, "training")
-    add_settings_arguments(parser, TopicSettings)
-    add_settings_arguments(parser, ModelStoreSettings)
-    add_settings_arguments(parser, KafkaSettings)
-    parser.set_defaults(func=run)
+    settings = ((TrainSettings, "training"), TopicSettings, ModelStoreSettings, KafkaSettings)
+    add_command(subparsers, "train", __doc__, EPILOG, settings, run)
 
 
 def run(args: argparse.Namespace) -> int:
