@@ -762,63 +762,47 @@ def _trailing_reduce(
     at: np.ndarray | None = None,
 ) -> np.ndarray:
     """Sum (or max, with ``np.maximum`` and ``-inf``) of each row and its ``length - 1`` predecessors of the
-    same device (fewer at a device's start), over device-grouped rows; at rows ``at`` only when given.
+    same device (fewer at a device's start), over device-grouped rows; at rows ``at`` (sorted) only when given.
 
     A row's terms are always combined in the same order, fixed by ``length`` alone, so its result does not
     depend on how far back the array starts as long as the array holds the row's own window: this is what
     makes batch boundaries invisible (differences of cumulative sums would round differently per batch
-    start). Complete windows are combined by doubling (blocks of 1, 2, 4, ... rows): over every row in
-    ``O(log length)`` passes, or, at a few rows ``at``, as the same tree over each row's own window.
+    start). Complete windows are combined by doubling (blocks of 1, 2, 4, ... rows), ``O(log length)`` passes.
+    With ``at``, the passes run over the rows of those rows' windows alone (a scorer's new rows, not the
+    history before their windows), which gives each of them the same result.
     """
+    if at is not None:
+        at = np.asarray(at, dtype=np.int64)
+        n = len(values)
+        first = at - np.minimum(pos[at], max(length - 1, 0))  # each window's oldest row
+        edges = np.bincount(first, minlength=n + 1) - np.bincount(at + 1, minlength=n + 1)
+        windows = np.flatnonzero(np.cumsum(edges[:n]) > 0)  # the rows of some window, sorted
+        within = _trailing_reduce(values[windows], pos[windows], length, ufunc, identity)
+        return within[np.searchsorted(windows, at)]  # type: ignore[no-any-return]
     n = len(values)
-    rows = np.arange(n) if at is None else np.asarray(at, dtype=np.int64)
-    if at is None:
-        total = values.copy()
-        if length > 1 and n >= length:
-            total[length - 1 :] = identity
-            block, size, offset = values, 1, 0
-            while size <= length:
-                if length & size:
-                    # Block of `size` rows ending `offset` rows before the row (valid for rows >= length - 1).
-                    ufunc(total[length - 1 :], block[length - 1 - offset : n - offset], out=total[length - 1 :])
-                    offset += size
-                if 2 * size > length:
-                    break
-                doubled = block.copy()
-                ufunc(doubled[size:], block[: n - size], out=doubled[size:])
-                block, size = doubled, 2 * size
-    else:
-        total = values[rows]
-        full = np.flatnonzero(pos[rows] >= length - 1) if length > 1 else np.zeros(0, dtype=np.int64)
-        if len(full):
-            ends = rows[full]
-            combined = np.full((len(full), *values.shape[1:]), identity)
-            size, offset = 1, 0
-            while size <= length:
-                if length & size:
-                    ufunc(combined, _tree_block(values, ends - offset, size, ufunc), out=combined)
-                    offset += size
-                size *= 2
-            total[full] = combined
+    total = values.copy()
+    if length > 1 and n >= length:
+        total[length - 1 :] = identity
+        block, size, offset = values, 1, 0
+        while size <= length:
+            if length & size:
+                # Block of `size` rows ending `offset` rows before the row (valid for rows >= length - 1).
+                ufunc(total[length - 1 :], block[length - 1 - offset : n - offset], out=total[length - 1 :])
+                offset += size
+            if 2 * size > length:
+                break
+            doubled = block.copy()
+            ufunc(doubled[size:], block[: n - size], out=doubled[size:])
+            block, size = doubled, 2 * size
     # Warm-up rows (fewer than `length` readings so far): newest first, masked at the device's start.
-    warm_at = np.flatnonzero(pos[rows] < length - 1)
-    if len(warm_at):
-        warm = rows[warm_at]
+    warm = np.flatnonzero(pos < length - 1)
+    if len(warm):
         warm_total = values[warm].copy()
         for k in range(1, length):
             valid = (pos[warm] >= k).reshape((-1,) + (1,) * (values.ndim - 1))
             ufunc(warm_total, np.where(valid, values[np.maximum(warm - k, 0)], identity), out=warm_total)
-        total[warm_at] = warm_total
+        total[warm] = warm_total
     return total
-
-
-def _tree_block(values: np.ndarray, ends: np.ndarray, size: int, ufunc: np.ufunc) -> np.ndarray:
-    """The doubling pass's block of ``size`` (a power of two) rows ending at each of ``ends``, combined in
-    the same tree: each block of ``2s`` rows is its newer block of ``s`` combined with its older one."""
-    leaves = values[ends[:, None] - np.arange(size - 1, -1, -1)[None, :]]  # (m, size, ...), oldest first
-    while leaves.shape[1] > 1:
-        leaves = ufunc(leaves[:, 1::2], leaves[:, 0::2])
-    return leaves[:, 0]  # type: ignore[no-any-return]
 
 
 def _trailing_sum(values: np.ndarray, pos: np.ndarray, length: int, at: np.ndarray | None = None) -> np.ndarray:
