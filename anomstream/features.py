@@ -420,9 +420,8 @@ class FeaturePipeline:
         out = np.arange(n) if needed is None else np.flatnonzero(needed)
         if not len(out):
             return points
-        detrend = self.spec.detrend_persistent and rolling > 0
         # the row whose trailing window ended `rolling` readings earlier: persistent channels' reference
-        earlier_rows = out - np.minimum(pos[out], rolling) if detrend else None
+        earlier_rows = out - np.minimum(pos[out], rolling) if self.spec.detrend_persistent else None
         z, mean, std, earlier = self._levels(values, pos, tables, row_table, None if needed is None else out,
                                              earlier_rows)  # fmt: skip
         width = z.shape[1]
@@ -772,13 +771,8 @@ def _trailing_reduce(
     history before their windows), which gives each of them the same result.
     """
     if at is not None:
-        at = np.asarray(at, dtype=np.int64)
-        n = len(values)
-        first = at - np.minimum(pos[at], max(length - 1, 0))  # each window's oldest row
-        edges = np.bincount(first, minlength=n + 1) - np.bincount(at + 1, minlength=n + 1)
-        windows = np.flatnonzero(np.cumsum(edges[:n]) > 0)  # the rows of some window, sorted
-        within = _trailing_reduce(values[windows], pos[windows], length, ufunc, identity)
-        return within[np.searchsorted(windows, at)]  # type: ignore[no-any-return]
+        windows, place = _window_rows(pos, at, length)
+        return _trailing_reduce(values[windows], pos[windows], length, ufunc, identity)[place]  # type: ignore[no-any-return]
     n = len(values)
     total = values.copy()
     if length > 1 and n >= length:
@@ -805,9 +799,20 @@ def _trailing_reduce(
     return total
 
 
-def _trailing_sum(values: np.ndarray, pos: np.ndarray, length: int, at: np.ndarray | None = None) -> np.ndarray:
-    """Trailing sum per device over device-grouped rows, at rows ``at`` (see ``_trailing_reduce``)."""
-    return _trailing_reduce(values, pos, length, at=at)
+def _window_rows(pos: np.ndarray, at: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
+    """For device-grouped rows, the rows of the trailing windows of ``length`` ending at rows ``at`` (sorted
+    indices), and where each of ``at`` stands among them."""
+    n = len(pos)
+    at = np.asarray(at, dtype=np.int64)
+    first = at - np.minimum(pos[at], max(length - 1, 0))  # each window's oldest row
+    edges = np.bincount(first, minlength=n + 1) - np.bincount(at + 1, minlength=n + 1)
+    windows = np.flatnonzero(np.cumsum(edges[:n]) > 0)
+    return windows, np.searchsorted(windows, at)
+
+
+def _trailing_sum(values: np.ndarray, pos: np.ndarray, length: int) -> np.ndarray:
+    """Trailing sum per device over device-grouped rows (see ``_trailing_reduce``)."""
+    return _trailing_reduce(values, pos, length)
 
 
 def _trailing_mean_std(
@@ -818,13 +823,18 @@ def _trailing_mean_std(
 
     ``missing`` marks NaN entries of ``z`` (None when there are none), which are left out of both.
     """
+    if at is not None:  # the same passes over the rows of the windows ending at `at` alone
+        windows, place = _window_rows(pos, at, length)
+        within = None if missing is None else missing[windows]
+        mean, std = _trailing_mean_std(z[windows], within, pos[windows], length)
+        return mean[place], std[place]
     z0 = z if missing is None else np.where(missing, 0.0, z)
-    mean = _trailing_sum(z0, pos, length, at)
-    variance = _trailing_sum(z0 * z0, pos, length, at)
+    mean = _trailing_sum(z0, pos, length)
+    variance = _trailing_sum(z0 * z0, pos, length)
     if missing is None:
-        counts = np.minimum((pos if at is None else pos[at]) + 1, length).astype(np.float64)[:, None]
+        counts = np.minimum(pos + 1, length).astype(np.float64)[:, None]
     else:
-        counts = _trailing_sum((~missing).astype(np.float64), pos, length, at)
+        counts = _trailing_sum((~missing).astype(np.float64), pos, length)
         np.maximum(counts, 1.0, out=counts)  # no reading in the window: sums are 0, and so are the statistics
     mean /= counts
     variance /= counts
